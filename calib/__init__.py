@@ -1,0 +1,14 @@
+"""calib: calibrate adversarial-perturbation budgets (epsilon) with metric learning.
+
+Pipeline (one subpackage each): data -> models -> train -> stats -> budgets -> attacks -> audit -> report.
+"""
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("calib")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+from calib.errors import ArtefactError, CalibError, ConfigError, DataError
+
+__all__ = ["__version__", "CalibError", "DataError", "ArtefactError", "ConfigError"]

@@ -1,0 +1,91 @@
+"""Stratified, seeded train / calibration / test splits.
+
+Roles: *train* fits the classifier and the embedding; *calibration* is where epsilon budgets are
+measured; *test* is held out for scoring and attacks. Every class is represented in every part.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from calib.data.dataset import Dataset
+from calib.errors import ConfigError, DataError
+
+PARTS = ("train", "calibration", "test")
+DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The three parts of a dataset; each is a :class:`Dataset` named ``<name>:<part>``."""
+
+    train: Dataset
+    calibration: Dataset
+    test: Dataset
+    seed: int
+    fractions: tuple[float, float, float]
+
+    def describe(self) -> dict:
+        return {"seed": self.seed, "fractions": list(self.fractions),
+                **{p: getattr(self, p).describe() for p in PARTS}}
+
+
+def _allocate(n: int, fractions: np.ndarray) -> np.ndarray:
+    """Largest-remainder allocation of ``n`` items to parts, at least one per non-zero part."""
+    raw = fractions * n
+    counts = np.floor(raw).astype(np.int64)
+    for i in np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    for i in np.flatnonzero((fractions > 0) & (counts == 0)):
+        donor = int(np.argmax(counts))
+        counts[donor] -= 1
+        counts[i] += 1
+    return counts
+
+
+def stratified_indices(labels: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    """Split indices 0..N-1 into ``len(fractions)`` sorted parts, stratified by label.
+
+    Raises:
+        DataError: a class has fewer samples than there are non-empty parts.
+    """
+    fr = np.asarray(fractions, dtype=np.float64)
+    if fr.ndim != 1 or (fr < 0).any() or not np.isclose(fr.sum(), 1.0):
+        raise ConfigError(f"split fractions must be non-negative and sum to 1; got {list(fractions)}")
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in fr]
+    need = int((fr > 0).sum())
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if idx.size < need:
+            raise DataError(f"class {int(c)} has {idx.size} samples; a stratified split into {need} "
+                            f"parts needs at least {need}")
+        idx = rng.permutation(idx)
+        bounds = np.cumsum(_allocate(idx.size, fr))[:-1]
+        for part, chunk in zip(parts, np.split(idx, bounds)):
+            part.append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def split_dataset(ds: Dataset, seed: int = 0,
+                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> Splits:
+    """Stratified, seeded split of ``ds`` into train / calibration / test.
+
+    If ``ds`` carries the source's official test samples and also has others (a full MNIST with
+    its ``train`` files), the official test samples are the test part and the rest is split into
+    train / calibration in the ratio ``fractions[0] : fractions[1]``. Otherwise (e.g. only the
+    ``t10k`` files exist) all samples are split three ways by ``fractions``.
+    """
+    mask = ds.official_test
+    if mask is not None and mask.any() and (~mask).any():
+        rest = np.flatnonzero(~mask)
+        tr, ca = fractions[0], fractions[1]
+        if tr + ca <= 0:
+            raise ConfigError(f"split fractions leave nothing for train/calibration: {list(fractions)}")
+        p_train, p_cal = stratified_indices(ds.labels[rest], (tr / (tr + ca), ca / (tr + ca)), seed)
+        train, cal, test = rest[p_train], rest[p_cal], np.flatnonzero(mask)
+    else:
+        train, cal, test = stratified_indices(ds.labels, fractions, seed)
+    return Splits(train=ds.subset(train, "train"), calibration=ds.subset(cal, "calibration"),
+                  test=ds.subset(test, "test"), seed=seed, fractions=tuple(float(f) for f in fractions))

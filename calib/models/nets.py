@@ -1,0 +1,106 @@
+"""Network architectures: a classifier f and an embedding g sharing one convolutional trunk design.
+
+Both take images in the box [0,1] directly (no external normalisation), shape (N, C, H, W), so an
+attack's epsilon is in the same units as the data.
+
+Architectures (``arch``):
+    ``cnn-small``  for small images (< 16 px, e.g. 8x8 digits): 2 conv (32, 64) + pool + FC 128.
+    ``cnn``        for 28x28 (MNIST family): 4 conv (32, 32, 64, 64) + 2 pools + FC 128.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calib.errors import ArtefactError, ConfigError
+
+
+def _small_trunk(in_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(),
+    )
+
+
+def _mnist_trunk(in_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3), nn.ReLU(),
+        nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3), nn.ReLU(),
+        nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
+
+
+TRUNKS: dict[str, Callable[[int], nn.Sequential]] = {"cnn-small": _small_trunk, "cnn": _mnist_trunk}
+HIDDEN = 128
+
+
+def default_arch(input_shape: tuple[int, int, int]) -> str:
+    """``cnn-small`` below 16 px on either side, else ``cnn``."""
+    return "cnn-small" if min(input_shape[1:]) < 16 else "cnn"
+
+
+def _trunk(arch: str, input_shape: tuple[int, int, int]) -> tuple[nn.Sequential, int]:
+    if arch not in TRUNKS:
+        raise ConfigError(f"unknown architecture {arch!r}; choose one of {sorted(TRUNKS)}")
+    trunk = TRUNKS[arch](input_shape[0])
+    with torch.no_grad():
+        try:
+            n_flat = trunk(torch.zeros(1, *input_shape)).shape[1]
+        except RuntimeError as exc:
+            raise ConfigError(f"architecture {arch!r} does not fit input shape {tuple(input_shape)}") from exc
+    return trunk, int(n_flat)
+
+
+class Classifier(nn.Module):
+    """Image classifier f: (N, C, H, W) in [0,1] -> logits (N, K)."""
+
+    def __init__(self, *, arch: str, input_shape: tuple[int, int, int], num_classes: int,
+                 dropout: float = 0.25) -> None:
+        super().__init__()
+        trunk, n_flat = _trunk(arch, input_shape)
+        self.trunk = trunk
+        self.head = nn.Sequential(nn.Linear(n_flat, HIDDEN), nn.ReLU(), nn.Dropout(dropout),
+                                  nn.Linear(HIDDEN, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+class EmbeddingNet(nn.Module):
+    """Embedding g: (N, C, H, W) in [0,1] -> unit-norm vectors (N, dim); L2 distance = dissimilarity."""
+
+    def __init__(self, *, arch: str, input_shape: tuple[int, int, int], dim: int = 64) -> None:
+        super().__init__()
+        trunk, n_flat = _trunk(arch, input_shape)
+        self.trunk = trunk
+        self.head = nn.Sequential(nn.Linear(n_flat, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.trunk(x)), p=2, dim=1)
+
+
+def build_model(spec: dict) -> nn.Module:
+    """Instantiate a network from its JSON spec (``kind``, ``arch``, ``input_shape``, sizes).
+
+    Raises:
+        ArtefactError: the spec is not one calib can build.
+    """
+    try:
+        kind, arch = spec["kind"], spec["arch"]
+        shape = tuple(int(s) for s in spec["input_shape"])
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"input_shape must be (C, H, W); got {spec['input_shape']}")
+        if kind == "classifier":
+            return Classifier(arch=arch, input_shape=shape, num_classes=int(spec["num_classes"]),
+                              dropout=float(spec.get("dropout", 0.25)))
+        if kind == "embedding":
+            return EmbeddingNet(arch=arch, input_shape=shape, dim=int(spec["dim"]))
+        raise ValueError(f"unknown model kind {kind!r}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtefactError(f"invalid model spec: {exc}") from exc
