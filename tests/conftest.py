@@ -1,0 +1,57 @@
+"""Shared fixtures: real small data only (scikit-learn digits, the shared MNIST test split)."""
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calib.data import load_dataset, split_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_splits(digits):
+    return split_dataset(digits, seed=0)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"shared MNIST not found at {SHARED_MNIST}")
+    return SHARED_MNIST
+
+
+@pytest.fixture(scope="session")
+def mnist_raw(mnist_dir):
+    """Plain, independent parse of the shared MNIST files: (uint8 images N x 28 x 28, labels)."""
+    img = gzip.open(mnist_dir / "t10k-images-idx3-ubyte.gz").read()
+    lab = gzip.open(mnist_dir / "t10k-labels-idx1-ubyte.gz").read()
+    return (np.frombuffer(img, np.uint8, offset=16).reshape(-1, 28, 28),
+            np.frombuffer(lab, np.uint8, offset=8))
+
+
+def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> Path:
+    """Write a uint8 array as an IDX file (the independent writer the reader is tested against)."""
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    data = header + np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+@pytest.fixture()
+def mnist_copy(tmp_path, mnist_dir) -> Path:
+    """A writable copy of the shared MNIST folder (so tests can damage it)."""
+    dst = tmp_path / "mnist"
+    shutil.copytree(mnist_dir, dst)
+    return dst
