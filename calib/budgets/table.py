@@ -1,0 +1,280 @@
+"""The epsilon table: versioned JSON (and a flat CSV view) that other attack code imports.
+
+JSON document (``schema = "calib-eps-table"``, ``version = 1``)::
+
+    {
+      "schema": "calib-eps-table", "version": 1,
+      "dataset": {"name": "mnist", "fingerprint": "<sha256 of the whole dataset>",
+                  "class_names": ["0", ..., "9"], "image_shape": [1, 28, 28], "value_range": [0, 1]},
+      "policy": {"method": "geometric", "q": 0.05, "s": 1.0, "quantile_method": "linear",
+                 "pair": "calibration-train"},
+      "budgets": {                       # key: "<space>/<norm>", space in input|embedding,
+        "input/linf": {                  # norm in linf|l2|l1; lists are indexed by class label
+          "eps": [...], "coverage": [...], "n": [...],
+          "components": {"half_d_diff_q": [...], "d_same_q": [...]}   # optional
+        }, ...
+      },
+      "baselines": {"input/linf": {"0.3": {"either": [...], "contains_same": [...],
+                                           "reaches_halfway": [...]}}, ...},     # optional
+      "provenance": {"calib": "0.1.0", "seed": 0, "embedding_sha256": "...",
+                     "classifier_sha256": "...", "created": "...", ...}
+    }
+
+Epsilons are in data units (pixels in [0,1]). ``eps_for(labels)`` expands a table to per-sample
+epsilons shaped (N, 1, 1, 1), the form ART takes. CSV view: one row per (class, space, norm), the
+first line a ``#`` comment carrying the rest of the document as JSON, so CSV -> table is lossless.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calib.errors import CalibError
+from calib.io import atomic_open, write_json
+
+SCHEMA = "calib-eps-table"
+VERSION = 1
+TABLE_SPACES = ("input", "embedding")
+TABLE_NORMS = ("linf", "l2", "l1")
+CSV_FIELDS = ("dataset", "dataset_fingerprint", "class", "class_name", "space", "norm", "method", "q", "s",
+              "eps", "coverage", "n")
+
+
+class EpsTableError(CalibError):
+    """A malformed, inconsistent or mismatched epsilon table."""
+
+
+@dataclass
+class EpsTable:
+    """A validated epsilon table; see the module docstring for the document layout."""
+
+    dataset: dict[str, Any]
+    policy: dict[str, Any]
+    budgets: dict[str, dict[str, Any]]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, Any] = field(default_factory=dict)
+    version: int = VERSION
+
+    def __post_init__(self) -> None:
+        validate(self.to_dict())
+
+    # ---- access ----------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.dataset["class_names"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self.dataset["fingerprint"]
+
+    def keys(self) -> list[tuple[str, str]]:
+        return [tuple(k.split("/")) for k in self.budgets]  # type: ignore[misc]
+
+    def eps(self, space: str = "input", norm: str = "linf") -> np.ndarray:
+        """Per-class epsilons (K,) float64 for one space and norm."""
+        key = f"{space}/{norm}"
+        if key not in self.budgets:
+            raise EpsTableError(f"the table has no {key} budget; it has {', '.join(self.budgets)}")
+        return np.asarray(self.budgets[key]["eps"], dtype=np.float64)
+
+    def eps_for(self, labels: Any, space: str = "input", norm: str = "linf", *, as_tensor: bool = True,
+                fingerprint: str | None = None, allow_mismatch: bool = False):
+        """Per-sample epsilons shaped (N, 1, 1, 1): a float32 torch tensor (on ``labels``'s device
+        when it is a tensor) or, with ``as_tensor=False``, a float32 numpy array.
+
+        Args:
+            labels: (N,) integer class labels, numpy or torch.
+            fingerprint: the data's fingerprint; refused if it differs from the table's unless
+                ``allow_mismatch``.
+        """
+        if fingerprint is not None:
+            self.check_fingerprint(fingerprint, allow_mismatch)
+        eps = self.eps(space, norm)
+        device = None
+        if hasattr(labels, "detach"):
+            device = labels.device
+            labels = labels.detach().cpu().numpy()
+        lab = np.asarray(labels)
+        if lab.ndim != 1 or (lab.size and not np.issubdtype(lab.dtype, np.integer)):
+            raise EpsTableError(f"labels must be a 1-D integer array; got dtype {lab.dtype}, shape {lab.shape}")
+        if lab.size and (lab.min() < 0 or lab.max() >= len(eps)):
+            bad = sorted(set(lab[(lab < 0) | (lab >= len(eps))].tolist()))[:5]
+            raise EpsTableError(f"labels {bad} are outside the table's {len(eps)} classes")
+        out = eps[lab].astype(np.float32).reshape(-1, 1, 1, 1)
+        if not as_tensor:
+            return out
+        import torch
+
+        return torch.from_numpy(out).to(device) if device is not None else torch.from_numpy(out)
+
+    def check_fingerprint(self, fingerprint: str, allow_mismatch: bool = False) -> None:
+        """Refuse data whose fingerprint differs from the table's (unless explicitly allowed)."""
+        if fingerprint != self.fingerprint and not allow_mismatch:
+            raise EpsTableError(f"the table was calibrated on data {self.fingerprint[:12]}… but is used with "
+                                f"data {fingerprint[:12]}…; pass allow_mismatch=True / --allow-mismatch to "
+                                "use it anyway")
+
+    # ---- JSON ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "version": self.version, "dataset": self.dataset, "policy": self.policy,
+                "budgets": self.budgets, "baselines": self.baselines, "provenance": self.provenance}
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str = "eps table") -> "EpsTable":
+        validate(doc, where)
+        return cls(doc["dataset"], doc["policy"], doc["budgets"], doc.get("provenance", {}),
+                   doc.get("baselines", {}), doc["version"])
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the JSON document atomically (and, for a ``.json`` path, the ``.csv`` view beside it)."""
+        path = Path(path)
+        write_json(path, self.to_dict())
+        if path.suffix == ".json":
+            self.to_csv(path.with_suffix(".csv"))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "EpsTable":
+        """Read and validate a ``.json`` or ``.csv`` table."""
+        path = Path(path)
+        if path.suffix == ".csv":
+            return cls.from_csv(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise EpsTableError(f"eps table not found: {path}") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EpsTableError(f"{path}: not valid JSON ({exc})") from exc
+        return cls.from_dict(doc, str(path))
+
+    # ---- CSV -------------------------------------------------------------------------------------
+    def to_csv(self, path: str | os.PathLike[str]) -> None:
+        rest = {k: v for k, v in self.to_dict().items() if k != "budgets"}
+        rest["budget_extras"] = {k: {f: v for f, v in b.items() if f not in ("eps", "coverage", "n")}
+                                 for k, b in self.budgets.items()}
+        buf = io.StringIO()
+        buf.write("# " + json.dumps(rest, sort_keys=True, allow_nan=False) + "\n")
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(CSV_FIELDS)
+        for key, b in self.budgets.items():
+            space, norm = key.split("/")
+            for c, name in enumerate(self.class_names):
+                w.writerow([self.dataset["name"], self.fingerprint, c, name, space, norm,
+                            self.policy.get("method", ""), self.policy.get("q", ""), self.policy.get("s", ""),
+                            repr(float(b["eps"][c])), repr(float(b["coverage"][c])), int(b["n"][c])])
+        with atomic_open(path, "w") as fh:
+            fh.write(buf.getvalue())
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike[str]) -> "EpsTable":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise EpsTableError(f"eps table not found: {path}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EpsTableError(f"{path}: unreadable ({exc})") from exc
+        first, _, body = text.partition("\n")
+        try:
+            if not first.startswith("# "):
+                raise ValueError("first line must be '# {...}' with the table's metadata")
+            doc = json.loads(first[2:])
+            rows = list(csv.DictReader(io.StringIO(body)))
+            if not rows or set(CSV_FIELDS) - set(rows[0]):
+                raise ValueError(f"expected columns {', '.join(CSV_FIELDS)}")
+            k = len(doc["dataset"]["class_names"])
+            budgets: dict[str, dict[str, Any]] = {}
+            for row in rows:
+                key = f"{row['space']}/{row['norm']}"
+                b = budgets.setdefault(key, {"eps": [None] * k, "coverage": [None] * k, "n": [None] * k,
+                                             **doc.get("budget_extras", {}).get(key, {})})
+                c = int(row["class"])
+                if not 0 <= c < k:
+                    raise ValueError(f"class {c} outside the {k} classes")
+                b["eps"][c], b["coverage"][c], b["n"][c] = float(row["eps"]), float(row["coverage"]), int(row["n"])
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise EpsTableError(f"{path}: malformed eps table CSV ({exc})") from exc
+        doc.pop("budget_extras", None)
+        doc["budgets"] = budgets
+        return cls.from_dict(doc, str(path))
+
+
+def validate(doc: Any, where: str = "eps table") -> None:
+    """Raise :class:`EpsTableError` (one line naming the problem) unless ``doc`` is a valid table."""
+    def fail(msg: str) -> None:
+        raise EpsTableError(f"{where}: {msg}")
+
+    if not isinstance(doc, dict):
+        fail("not a JSON object")
+    if doc.get("schema") != SCHEMA:
+        fail(f"schema is {doc.get('schema')!r}, expected {SCHEMA!r}")
+    if "version" not in doc:
+        fail("missing version")
+    if doc["version"] != VERSION:
+        fail(f"version {doc['version']!r} is not supported (this calib reads version {VERSION})")
+    ds = doc.get("dataset")
+    if not isinstance(ds, dict) or not isinstance(ds.get("fingerprint"), str) or not ds.get("fingerprint"):
+        fail("dataset.fingerprint is missing")
+    names = ds.get("class_names")
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        fail("dataset.class_names must list at least 2 class names")
+    if len(set(names)) != len(names):
+        fail("dataset.class_names are not unique")
+    if not isinstance(doc.get("policy"), dict):
+        fail("policy is missing")
+    budgets = doc.get("budgets")
+    if not isinstance(budgets, dict) or not budgets:
+        fail("budgets are missing")
+    k = len(names)
+    for key, b in budgets.items():
+        parts = key.split("/")
+        if len(parts) != 2:
+            fail(f"budget key {key!r} is not '<space>/<norm>'")
+        space, norm = parts
+        if space not in TABLE_SPACES:
+            fail(f"unknown space {space!r} in {key!r} (known: {', '.join(TABLE_SPACES)})")
+        if norm not in TABLE_NORMS:
+            fail(f"unknown norm {norm!r} in {key!r} (known: {', '.join(TABLE_NORMS)})")
+        if not isinstance(b, dict) or "eps" not in b:
+            fail(f"{key}: missing eps")
+        for fld in ("eps", "coverage", "n"):
+            vals = b.get(fld)
+            if not isinstance(vals, list):
+                fail(f"{key}: {fld} must be a list with one value per class")
+            if len(vals) != k:
+                fail(f"{key}: {fld} has {len(vals)} values for {k} classes (missing classes?)")
+        for c, v in enumerate(b["eps"]):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                fail(f"{key}: eps for class {names[c]!r} is {v!r}; it must be a finite number >= 0")
+
+
+def table_from_budgets(*, dataset: dict[str, Any], policy: dict[str, Any], budgets: dict[str, Any],
+                       provenance: dict[str, Any], baselines: dict[str, Any] | None = None) -> EpsTable:
+    """Build a table from numpy results (arrays become lists; NaN coverage -> None is refused)."""
+    def listify(obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+        if isinstance(obj, dict):
+            return {k: listify(v) for k, v in obj.items()}
+        if isinstance(obj, (np.floating, np.integer)):
+            return obj.item()
+        return obj
+
+    return EpsTable(listify(dataset), listify(policy), listify(budgets), listify(provenance),
+                    listify(baselines or {}))
+
+
+def load_table(path: str | os.PathLike[str]) -> EpsTable:
+    """Read a table (``.json`` or ``.csv``); raises :class:`EpsTableError` with one clear line."""
+    return EpsTable.load(path)
+
+
+__all__ = ["EpsTable", "EpsTableError", "load_table", "table_from_budgets", "validate"]

@@ -1,0 +1,268 @@
+"""The statistics engine behind ``calib stats``: every quantity of DESIGN.md, per space and norm.
+
+Spaces: ``input`` (flattened pixels in [0,1]; norms l2, linf, l1) and ``embedding`` (the trained
+g's unit vectors; l2). For each (space, norm):
+
+* per query/reference pair (``train-train``, ``calibration-train``, ``test-train``, ...; self
+  excluded when a part is its own reference): per-sample ``d_same``, ``d_diff`` and the indices;
+  separation ``r = 1/2 min d_diff`` globally and per class; exact-duplicate counts;
+* class-pair distance matrices over one set (default ``all``), ``sampled`` and/or ``exact``.
+
+Results are a :class:`Stats` object saved as ``stats.npz`` (arrays; loaded without pickle) and
+``stats.json`` (summary and provenance, human-readable).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calib.data import PARTS, Dataset, Splits
+from calib.errors import ConfigError, DataError
+from calib.io import atomic_path, write_json
+from calib.models.artefact import versions
+from calib.progress import progress
+from calib.stats.neighbours import NORMS, SameDiff, same_diff
+from calib.stats.pairwise import LEVELS, ClassPairStats, class_pair_stats, n_blocks
+
+log = logging.getLogger(__name__)
+
+SPACES = ("input", "embedding")
+SETS = (*PARTS, "all")
+DEFAULT_PAIRS = ("train-train", "calibration-train", "test-train")
+FORMAT = "calib-stats"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """What to compute.
+
+    Attributes:
+        input_norms: norms in input space (subset of l2, linf, l1).
+        embedding: also compute embedding-space (l2) statistics (needs an embedding model).
+        pairs: ``query-reference`` part names from train, calibration, test, all.
+        matrix_set: the set whose class-pair matrices are computed.
+        matrix_modes: ``sampled`` and/or ``exact``.
+        n_per_class: points per class in sampled mode.
+        seed: sampling seed.
+        backend: nearest-neighbour backend (``auto``: faiss l2, numba linf/l1; ``faiss`` for all).
+        use_gpu: faiss-gpu for l2 searches when available.
+    """
+
+    input_norms: tuple[str, ...] = NORMS
+    embedding: bool = True
+    pairs: tuple[str, ...] = DEFAULT_PAIRS
+    matrix_set: str = "all"
+    matrix_modes: tuple[str, ...] = ("sampled", "exact")
+    n_per_class: int = 100
+    seed: int = 0
+    backend: str = "auto"
+    use_gpu: bool = False
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.input_norms if n not in NORMS]
+        if bad:
+            raise ConfigError(f"unknown norm(s) {bad}; choose from {', '.join(NORMS)}")
+        for p in self.pairs:
+            parts = p.split("-")
+            if len(parts) != 2 or any(s not in SETS for s in parts):
+                raise ConfigError(f"bad pair {p!r}: use QUERY-REFERENCE with parts from {', '.join(SETS)}")
+        if self.matrix_set not in SETS:
+            raise ConfigError(f"unknown matrix set {self.matrix_set!r}; choose from {', '.join(SETS)}")
+        bad = [m for m in self.matrix_modes if m not in ("sampled", "exact")]
+        if bad:
+            raise ConfigError(f"unknown matrix mode(s) {bad}; choose sampled and/or exact")
+
+    def spaces(self) -> list[tuple[str, str]]:
+        return [("input", n) for n in self.input_norms] + ([("embedding", "l2")] if self.embedding else [])
+
+
+@dataclass
+class PairStats:
+    """Nearest-neighbour distances of one query set against one reference set."""
+
+    query_labels: np.ndarray
+    query_indices: np.ndarray  # indices into the whole dataset
+    reference_indices: np.ndarray
+    nn: SameDiff
+
+    def summary(self, class_names: tuple[str, ...]) -> dict[str, Any]:
+        """Separation (global, per class), duplicate counts and d_same/d_diff quantiles per class."""
+        d_same, d_diff, y = self.nn.d_same, self.nn.d_diff, self.query_labels
+        per_class = {}
+        for c, name in enumerate(class_names):
+            m = y == c
+            if not m.any():
+                continue
+            per_class[name] = {
+                "n": int(m.sum()),
+                "separation": float(0.5 * d_diff[m].min()),
+                "d_same_quantiles": [float(v) for v in np.quantile(d_same[m], LEVELS)],
+                "d_diff_quantiles": [float(v) for v in np.quantile(d_diff[m], LEVELS)],
+                "same_class_duplicates": int((d_same[m] == 0).sum()),
+                "cross_class_duplicates": int((d_diff[m] == 0).sum()),
+            }
+        return {"n": int(y.size), "separation": float(0.5 * d_diff.min()),
+                "same_class_duplicates": int((d_same == 0).sum()),
+                "cross_class_duplicates": int((d_diff == 0).sum()),
+                "quantile_levels": list(LEVELS), "per_class": per_class}
+
+
+@dataclass
+class Stats:
+    """All statistics of one dataset; ``pairs[(space, norm, pair)]``, ``matrices[(space, norm, mode)]``."""
+
+    meta: dict[str, Any]
+    pairs: dict[tuple[str, str, str], PairStats] = field(default_factory=dict)
+    matrices: dict[tuple[str, str, str], ClassPairStats] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.meta["dataset"]["class_names"])
+
+    def pair(self, space: str, norm: str, pair: str) -> PairStats:
+        try:
+            return self.pairs[(space, norm, pair)]
+        except KeyError:
+            have = sorted({"/".join(k) for k in self.pairs})
+            raise ConfigError(f"no statistics for {space}/{norm}/{pair}; computed: {', '.join(have)}") from None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **self.meta,
+            "neighbours": {"/".join(k): v.summary(self.class_names) for k, v in self.pairs.items()},
+            "matrices": {"/".join(k): {"mode": m.mode, "mean": m.mean.tolist(), "std": m.std.tolist(),
+                                       "min": m.min.tolist(), "max": m.max.tolist(),
+                                       "count": m.count.tolist(), "levels": list(m.levels),
+                                       "quantiles": m.quantiles.tolist(),
+                                       "quantile_resolution": m.quantile_resolution,
+                                       "n_per_class": m.n_per_class, "seed": m.seed}
+                         for k, m in self.matrices.items()},
+        }
+
+    # ---- persistence -----------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``stats.npz`` (arrays) then ``stats.json`` (summary + provenance), atomically."""
+        folder = Path(folder)
+        arrays: dict[str, np.ndarray] = {}
+        for (space, norm, pair), p in self.pairs.items():
+            key = f"pair__{space}__{norm}__{pair}__"
+            arrays |= {key + "query_labels": p.query_labels, key + "query_indices": p.query_indices,
+                       key + "reference_indices": p.reference_indices,
+                       **{key + f: getattr(p.nn, f) for f in ("d_same", "i_same", "d_diff", "i_diff")}}
+        for (space, norm, mode), m in self.matrices.items():
+            key = f"matrix__{space}__{norm}__{mode}__"
+            arrays |= {key + f: v for f, v in m.arrays().items()}
+        with atomic_path(folder / "stats.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+        write_json(folder / "stats.json", _jsonable(self.summary()))
+        return folder / "stats.json"
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> "Stats":
+        """Read a saved ``stats.json`` + ``stats.npz`` (``allow_pickle=False``)."""
+        folder = Path(folder)
+        if folder.suffix in (".json", ".npz"):
+            folder = folder.parent
+        try:
+            summary = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
+            with np.load(folder / "stats.npz", allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except FileNotFoundError as exc:
+            raise DataError(f"no saved statistics in {folder} ({exc.filename} missing); run `calib stats`") from exc
+        except (OSError, ValueError, json.JSONDecodeError) as exc:
+            raise DataError(f"{folder}: corrupt statistics files ({exc})") from exc
+        if summary.get("format") != FORMAT or summary.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"{folder / 'stats.json'}: not calib statistics version {FORMAT_VERSION}")
+        meta = {k: v for k, v in summary.items() if k not in ("neighbours", "matrices")}
+        out = cls(meta)
+        for name, info in summary["matrices"].items():
+            space, norm, mode = name.split("/")
+            key = f"matrix__{space}__{norm}__{mode}__"
+            out.matrices[(space, norm, mode)] = ClassPairStats(
+                mode, arrays[key + "count"], arrays[key + "mean"], arrays[key + "std"], arrays[key + "min"],
+                arrays[key + "max"], tuple(info["levels"]), arrays[key + "quantiles"],
+                info["quantile_resolution"], info["n_per_class"], info["seed"])
+        for name in summary["neighbours"]:
+            space, norm, pair = name.split("/")
+            key = f"pair__{space}__{norm}__{pair}__"
+            nn = SameDiff(*(arrays[key + f] for f in ("d_same", "i_same", "d_diff", "i_diff")))
+            out.pairs[(space, norm, pair)] = PairStats(arrays[key + "query_labels"], arrays[key + "query_indices"],
+                                                       arrays[key + "reference_indices"], nn)
+        return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf -> None so the JSON is valid (the npz keeps the exact values)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _part(splits: Splits, dataset: Dataset, name: str) -> np.ndarray:
+    return np.arange(len(dataset)) if name == "all" else getattr(splits, name).indices
+
+
+def compute_stats(dataset: Dataset, splits: Splits, config: StatsConfig = StatsConfig(), *,
+                  embeddings: np.ndarray | None = None, provenance: dict[str, Any] | None = None,
+                  show_progress: bool = True) -> Stats:
+    """Compute every requested statistic.
+
+    Args:
+        dataset: the whole dataset (images (N, C, H, W) in [0,1]); ``splits`` must be its split.
+        embeddings: (N, dim) float32 embedding of every image, required when ``config.embedding``.
+        provenance: extra fields for ``meta`` (e.g. embedding weights hash).
+    """
+    if splits.train.source_fingerprint != dataset.fingerprint:
+        raise DataError("the splits do not belong to this dataset (fingerprints differ)")
+    if config.embedding and (embeddings is None or len(embeddings) != len(dataset)):
+        raise ConfigError("embedding statistics need one embedding per image (pass embeddings=)")
+    t0 = time.perf_counter()
+    flat = {"input": dataset.images.reshape(len(dataset), -1)}
+    if config.embedding:
+        flat["embedding"] = np.ascontiguousarray(embeddings, dtype=np.float32)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint,
+                        "class_names": list(dataset.class_names), "image_shape": list(dataset.image_shape),
+                        "num_samples": len(dataset)},
+            "split": {"seed": splits.seed, "fractions": list(splits.fractions),
+                      **{p: getattr(splits, p).fingerprint for p in PARTS}},
+            "config": asdict(config), "versions": versions(), **(provenance or {})}
+    stats = Stats(meta)
+    mset = _part(splits, dataset, config.matrix_set)
+    total = len(config.spaces()) * (len(config.pairs) + sum(
+        n_blocks(len(mset), m, dataset.num_classes) for m in config.matrix_modes))
+    with progress(show_progress) as bar:
+        task = bar.add_task("statistics", total=total, status="")
+        for space, norm in config.spaces():
+            x = flat[space]
+            shape = dataset.image_shape if space == "input" else None
+            for pair in config.pairs:
+                qname, rname = pair.split("-")
+                bar.update(task, status=f"{space}/{norm} {pair}")
+                qi, ri = _part(splits, dataset, qname), _part(splits, dataset, rname)
+                nn = same_diff(x[qi], dataset.labels[qi], x[ri], dataset.labels[ri], norm,
+                               self_match=qname == rname, backend=config.backend, use_gpu=config.use_gpu,
+                               image_shape=shape)
+                stats.pairs[(space, norm, pair)] = PairStats(dataset.labels[qi], qi, ri, nn)
+                bar.advance(task)
+            for mode in config.matrix_modes:
+                bar.update(task, status=f"{space}/{norm} {mode} class-pair matrix")
+                stats.matrices[(space, norm, mode)] = class_pair_stats(
+                    x[mset], dataset.labels[mset], norm, dataset.num_classes, mode=mode,
+                    n_per_class=config.n_per_class, seed=config.seed, on_block=lambda: bar.advance(task))
+    stats.meta["seconds"] = time.perf_counter() - t0
+    log.info("statistics computed in %.1f s", stats.meta["seconds"])
+    return stats
