@@ -11,6 +11,7 @@ RUN_ARGS ?=
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps torchattacks  # its torchvision pin is not needed
 	touch $(STAMP)
 
 install: $(STAMP)

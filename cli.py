@@ -129,7 +129,7 @@ def run(dataset: str = DatasetOpt, data_dir: Optional[Path] = DataDirOpt, downlo
         out: Optional[Path] = typer.Option(None, "--out", help="Run folder. Default: reports/<dataset>-seed<seed>."),
         epochs: int = EpochsOpt, seed: int = SeedOpt, device: str = DeviceOpt,
         no_progress: bool = NoProgressOpt) -> None:
-    """The main job: split the data, train classifier and embedding, write the run folder."""
+    """The main job: split, train classifier and embedding, statistics, budgets, eps table."""
     from calib.pipeline import RunConfig, run as run_pipeline
 
     cfg = RunConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, download=download,
@@ -146,7 +146,119 @@ def run(dataset: str = DatasetOpt, data_dir: Optional[Path] = DataDirOpt, downlo
     console.print(f"[bold]{summary['dataset']['name']}[/] fingerprint {summary['dataset']['fingerprint'][:16]}…, "
                   f"seed {seed}")
     console.print(table)
+    from calib.budgets import load_table
+
+    _print_table(load_table(summary["eps_table"]["path"]))
     console.print(f"written to {cfg.run_dir()}/ in {summary['seconds']:.1f} s")
+
+
+def _csv(value: str, what: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise typer.BadParameter(f"{what} must be a comma-separated list")
+    return items
+
+
+@app.command()
+def stats(dataset: str = DatasetOpt, data_dir: Optional[Path] = DataDirOpt, download: bool = DownloadOpt,
+          seed: int = SeedOpt,
+          out: Optional[Path] = typer.Option(None, "--out", help="Folder for stats.json/.npz. "
+                                             "Default: reports/<dataset>-seed<seed>."),
+          embedding: Optional[Path] = typer.Option(None, "--embedding", help="Embedding artefact. "
+                                                   "Default: OUT/models/embedding.json."),
+          no_embedding: bool = typer.Option(False, "--no-embedding", help="Input space only."),
+          norms: str = typer.Option("l2,linf,l1", "--norms", help="Input-space norms."),
+          pairs: str = typer.Option("train-train,calibration-train,test-train", "--pairs",
+                                    help="QUERY-REFERENCE parts (train, calibration, test, all)."),
+          matrix_set: str = typer.Option("all", "--matrix-set", help="Set for the class-pair matrices."),
+          modes: str = typer.Option("sampled,exact", "--modes", help="Class-pair matrix modes."),
+          n_per_class: int = typer.Option(100, "--n-per-class", min=2, help="Points per class, sampled mode."),
+          backend: str = typer.Option("auto", "--backend", help="auto (faiss L2, exact numba Linf/L1) or faiss."),
+          device: str = DeviceOpt,
+          allow_mismatch: bool = typer.Option(False, "--allow-mismatch",
+                                              help="Accept an embedding trained on other data or split."),
+          no_progress: bool = NoProgressOpt) -> None:
+    """Distance statistics: d_same/d_diff, separation, duplicates, class-pair matrices."""
+    from calib.data import load_dataset, split_dataset
+    from calib.device import resolve_device
+    from calib.pipeline import default_run_dir, stats_stage
+    from calib.stats import StatsConfig
+
+    folder = out or default_run_dir(dataset, seed)
+    dev = resolve_device(device)
+    cfg = StatsConfig(input_norms=_csv(norms, "--norms"), embedding=not no_embedding, pairs=_csv(pairs, "--pairs"),
+                      matrix_set=matrix_set, matrix_modes=_csv(modes, "--modes"), n_per_class=n_per_class,
+                      seed=seed, backend=backend, use_gpu=dev.type == "cuda")
+    ds = load_dataset(dataset, data_dir, download=download)
+    splits = split_dataset(ds, seed=seed)
+    emb_path = None if no_embedding else (embedding or folder / "models" / "embedding.json")
+    result = stats_stage(ds, splits, cfg, emb_path, folder / "models" / "classifier.json", allow_mismatch,
+                         show_progress=not no_progress, device=str(dev))
+    path = result.save(folder)
+    summary = result.summary()["neighbours"]
+    table = Table("space/norm/pair", "separation r", "median d_same", "median d_diff", "dup same", "dup cross")
+    for key, v in summary.items():
+        med_same = sorted(c["d_same_quantiles"][2] for c in v["per_class"].values())
+        med_diff = sorted(c["d_diff_quantiles"][2] for c in v["per_class"].values())
+        table.add_row(key, f"{v['separation']:.4g}", f"{med_same[len(med_same) // 2]:.4g}",
+                      f"{med_diff[len(med_diff) // 2]:.4g}", str(v["same_class_duplicates"]),
+                      str(v["cross_class_duplicates"]))
+    console.print(table)
+    console.print(f"(medians: the median class's median) written to {path} in {result.meta['seconds']:.1f} s")
+
+
+def _print_table(table) -> None:
+    t = Table("class", *[k for k in table.budgets], title="epsilon (coverage)")
+    for c, name in enumerate(table.class_names):
+        t.add_row(name, *[f"{b['eps'][c]:.4g} ({b['coverage'][c]:.2f})" for b in table.budgets.values()])
+    console.print(t)
+    for key, base in table.baselines.items():
+        for eps, v in base.items():
+            worst = max(v["either"])
+            console.print(f"global {key} eps={eps}: balls unsafe (same-class image inside or halfway to another "
+                          f"class) for {min(v['either']):.0%}-{worst:.0%} of each class's points")
+
+
+@app.command()
+def budgets(run_dir: Optional[Path] = typer.Option(None, "--run", help="Folder with stats.json/.npz "
+                                                    "(default reports/<dataset>-seed<seed>)."),
+            dataset: str = DatasetOpt, seed: int = SeedOpt,
+            q: float = typer.Option(0.05, "--q", min=0.0, max=0.999, help="Quantile level."),
+            s: float = typer.Option(1.0, "--s", min=1e-9, help="Safety factor."),
+            pair: str = typer.Option("calibration-train", "--pair", help="Statistics pair to calibrate on."),
+            out: Optional[Path] = typer.Option(None, "--out", help="Table path (default RUN/eps_table.json)."
+                                               )) -> None:
+    """Geometric per-class epsilon budgets from saved statistics -> eps_table.json + .csv."""
+    from calib.budgets import Policy
+    from calib.pipeline import budgets_stage, default_run_dir
+
+    folder = run_dir or default_run_dir(dataset, seed)
+    table, path = budgets_stage(folder, Policy(q=q, s=s), pair, out)
+    _print_table(table)
+    console.print(f"written to {path} and {path.with_suffix('.csv')}")
+
+
+table_app = typer.Typer(help="Inspect epsilon tables.", no_args_is_help=True)
+app.add_typer(table_app, name="table")
+
+
+@table_app.command("check")
+def table_check(path: Path = typer.Argument(..., help="eps_table.json or .csv"),
+                dataset: Optional[str] = typer.Option(None, "--dataset", "-d",
+                                                      help="Also check the table belongs to this dataset."),
+                data_dir: Optional[Path] = DataDirOpt,
+                allow_mismatch: bool = typer.Option(False, "--allow-mismatch")) -> None:
+    """Validate an epsilon table (and optionally its dataset fingerprint) and print it."""
+    from calib.budgets import load_table
+
+    table = load_table(path)
+    if dataset:
+        from calib.data import load_dataset
+
+        table.check_fingerprint(load_dataset(dataset, data_dir).fingerprint, allow_mismatch)
+    _print_table(table)
+    console.print(f"{path}: valid calib eps table v{table.version} for {table.dataset['name']} "
+                  f"({table.fingerprint[:12]}…), policy {table.policy}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,3 +55,22 @@ def mnist_copy(tmp_path, mnist_dir) -> Path:
     dst = tmp_path / "mnist"
     shutil.copytree(mnist_dir, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def digits_classifier(digits_splits):
+    """A classifier trained on the digits train part (10 epochs, seed 0; ~2 s)."""
+    from calib.train import TrainConfig, train_classifier
+
+    return train_classifier(digits_splits.train, TrainConfig(epochs=10, seed=0, device="cpu", progress=False)).model
+
+
+@pytest.fixture(scope="session")
+def digits_table(digits, digits_splits):
+    """The geometric epsilon table of digits (input space), from real statistics."""
+    from calib.budgets import geometric_table
+    from calib.stats import StatsConfig, compute_stats
+
+    stats = compute_stats(digits, digits_splits, StatsConfig(embedding=False, matrix_modes=("sampled",)),
+                          show_progress=False)
+    return geometric_table(stats)

@@ -52,6 +52,10 @@ def test_run_writes_summary_with_provenance(capsys, tmp_path):
         _, cfg = load_model(tmp_path / "r" / "models" / m)
         assert cfg["weights_sha256"] == summary["models"][m]["weights_sha256"]
     assert summary["run"]["seed"] == 0 and summary["versions"]["calib"]
+    table = json.loads((tmp_path / "r" / "eps_table.json").read_text())
+    assert table["dataset"]["fingerprint"] == summary["dataset"]["fingerprint"]
+    assert set(table["budgets"]) == {"input/l2", "input/linf", "input/l1", "embedding/l2"}
+    assert table["provenance"]["embedding_sha256"] == summary["models"]["embedding"]["weights_sha256"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -83,3 +87,51 @@ def test_console_script_and_module_are_the_same_app(entry):
     assert proc.returncode == 0 and "describe" in proc.stdout and "train" in proc.stdout
     proc = subprocess.run([*entry, "describe", "--nope"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: No such option '--nope'."
+
+
+def test_stats_budgets_and_table_check(capsys, tmp_path):
+    run = tmp_path / "r"
+    rc, _, err = call(capsys, "train", "embedding", "--out", str(run / "models"), "--epochs", "2", "--no-progress")
+    assert rc == 0, err
+    rc, out, err = call(capsys, "stats", "--out", str(run), "--modes", "sampled", "--no-progress")
+    assert rc == 0, err
+    saved = json.loads((run / "stats.json").read_text())
+    assert "embedding/l2/calibration-train" in saved["neighbours"] and (run / "stats.npz").exists()
+    assert "separation" in out
+    rc, out, err = call(capsys, "budgets", "--run", str(run), "--q", "0.1")
+    assert rc == 0, err
+    table = json.loads((run / "eps_table.json").read_text())
+    assert table["policy"]["q"] == 0.1 and "embedding/l2" in table["budgets"]
+    assert (run / "eps_table.csv").exists()
+    rc, out, err = call(capsys, "table", "check", str(run / "eps_table.csv"), "--dataset", "digits")
+    assert rc == 0 and "valid calib eps table" in out.replace("\n", " ")
+
+
+def test_stats_refuses_embedding_from_another_split(capsys, tmp_path):
+    rc, _, _ = call(capsys, "train", "embedding", "--out", str(tmp_path / "models"), "--epochs", "1",
+                    "--seed", "1", "--no-progress")
+    assert rc == 0
+    rc, _, err = call(capsys, "stats", "--out", str(tmp_path), "--seed", "0", "--no-progress")
+    assert rc == 2 and "another split" in err and err.count("\n") == 1
+    assert not (tmp_path / "stats.json").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{oops", "not valid JSON"),
+    ('{"schema": "calib-eps-table"}', "missing version"),
+])
+def test_table_check_bad_tables(capsys, tmp_path, content, message):
+    p = tmp_path / "t.json"
+    p.write_text(content)
+    rc, _, err = call(capsys, "table", "check", str(p))
+    assert rc == 2 and message in err and err.count("\n") == 1
+
+
+def test_table_check_fingerprint_mismatch(capsys, tmp_path, digits_table, mnist_dir):
+    digits_table.save(tmp_path / "t.json")
+    rc, _, err = call(capsys, "table", "check", str(tmp_path / "t.json"), "--dataset", "mnist",
+                      "--data-dir", str(mnist_dir))
+    assert rc == 2 and "calibrated on data" in err
+    rc, _, _ = call(capsys, "table", "check", str(tmp_path / "t.json"), "--dataset", "mnist", "--data-dir",
+                    str(mnist_dir), "--allow-mismatch")
+    assert rc == 0

@@ -263,7 +263,9 @@ def table_from_budgets(*, dataset: dict[str, Any], policy: dict[str, Any], budge
         if isinstance(obj, np.ndarray):
             return obj.tolist()
         if isinstance(obj, dict):
-            return {k: listify(v) for k, v in obj.items()}
+            return {str(k): listify(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [listify(v) for v in obj]
         if isinstance(obj, (np.floating, np.integer)):
             return obj.item()
         return obj

@@ -40,7 +40,8 @@ class Dataset:
         fingerprint: sha256 identifying exactly these samples (see :func:`fingerprint_arrays`).
         official_test: optional bool mask (N,), True where a sample came from the source's own test
             file; :func:`calib.data.split.split_dataset` then keeps those as the test part.
-        source_fingerprint: for a part of a split, the fingerprint of the whole dataset.
+        source_fingerprint: for a subset (e.g. a part of a split), the fingerprint of the dataset
+            it was taken from.
     """
 
     name: str
@@ -91,7 +92,7 @@ class Dataset:
             labels=self.labels[idx],
             class_names=self.class_names,
             fingerprint=h.hexdigest(),
-            source_fingerprint=self.source_fingerprint or self.fingerprint,
+            source_fingerprint=self.fingerprint,
             indices=idx,
         )
 
