@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import click
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -226,16 +227,100 @@ def budgets(run_dir: Optional[Path] = typer.Option(None, "--run", help="Folder w
             q: float = typer.Option(0.05, "--q", min=0.0, max=0.999, help="Quantile level."),
             s: float = typer.Option(1.0, "--s", min=1e-9, help="Safety factor."),
             pair: str = typer.Option("calibration-train", "--pair", help="Statistics pair to calibrate on."),
-            out: Optional[Path] = typer.Option(None, "--out", help="Table path (default RUN/eps_table.json)."
-                                               )) -> None:
-    """Geometric per-class epsilon budgets from saved statistics -> eps_table.json + .csv."""
+            out: Optional[Path] = typer.Option(None, "--out", help="Table path (default RUN/eps_table.json)."),
+            semantic: bool = typer.Option(False, "--semantic", help="Final budgets = min(geometric, semantic); "
+                                          "needs the run's embedding and the dataset."),
+            semantic_norms: str = typer.Option("linf,l2", "--semantic-norms"),
+            semantic_iters: int = typer.Option(7, "--semantic-iters", min=1, help="Bisection steps on eps."),
+            semantic_steps: int = typer.Option(10, "--semantic-steps", min=1, help="Embedding-shift PGD steps."),
+            data_dir: Optional[Path] = DataDirOpt, no_progress: bool = NoProgressOpt) -> None:
+    """Per-class epsilon budgets from saved statistics -> eps_table.json + .csv."""
     from calib.budgets import Policy
-    from calib.pipeline import budgets_stage, default_run_dir
+    from calib.pipeline import SemanticConfig, budgets_stage, default_run_dir
 
     folder = run_dir or default_run_dir(dataset, seed)
-    table, path = budgets_stage(folder, Policy(q=q, s=s), pair, out)
+    sem = ds = None
+    if semantic:
+        from calib.data import load_dataset
+
+        sem = SemanticConfig(norms=_csv(semantic_norms, "--semantic-norms"), iters=semantic_iters,
+                             steps=semantic_steps)
+        ds = load_dataset(dataset, data_dir)
+    table, path = budgets_stage(folder, Policy(q=q, s=s), pair, out, semantic=sem, dataset=ds,
+                                embedding_path=folder / "models" / "embedding.json", show_progress=not no_progress)
     _print_table(table)
     console.print(f"written to {path} and {path.with_suffix('.csv')}")
+
+
+@app.command()
+def attack(run_dir: Optional[Path] = typer.Option(None, "--run", help="Run folder with models/ (and "
+                                                  "eps_table.json). Default: reports/<dataset>-seed<seed>."),
+           dataset: str = DatasetOpt, data_dir: Optional[Path] = DataDirOpt, seed: int = SeedOpt,
+           name: str = typer.Option("pgd", "--attack", help="fgsm, pgd, embedding-pgd, shift or probe."),
+           norm: str = typer.Option("linf", "--norm", help="linf or l2 (embedding-pgd: norm of --cap)."),
+           eps: Optional[float] = typer.Option(None, "--eps", help="Global budget; omit to use the eps table "
+                                               "(embedding-pgd: the embedding radius)."),
+           table_path: Optional[Path] = typer.Option(None, "--table", help="Eps table (default RUN/eps_table.json)."),
+           split: str = typer.Option("test", "--split", help="train, calibration or test."),
+           n: int = typer.Option(0, "--n", min=0, help="Attack the first N images of the split (0 = all)."),
+           steps: int = typer.Option(10, "--steps", min=1), restarts: int = typer.Option(1, "--restarts", min=1),
+           step_size: float = typer.Option(0.02, "--step-size", min=0.0, help="embedding-pgd input step."),
+           method: str = typer.Option("bisection", "--projection", help="embedding-pgd: bisection or newton."),
+           cap: Optional[float] = typer.Option(None, "--cap", help="embedding-pgd: input-norm cap."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/attacks)."),
+           device: str = DeviceOpt, no_progress: bool = NoProgressOpt) -> None:
+    """Attack a split with a global eps or the eps table; writes examples, outcomes and a summary."""
+    from calib.data import PARTS, load_dataset, split_dataset
+    from calib.device import resolve_device
+    from calib.errors import ConfigError
+    from calib.models import load_model
+    from calib.pipeline import check_model_data, default_run_dir
+
+    folder = run_dir or default_run_dir(dataset, seed)
+    if split not in PARTS:
+        raise ConfigError(f"unknown split {split!r}; choose {', '.join(PARTS)}")
+    dev = resolve_device(device)
+    ds = load_dataset(dataset, data_dir)
+    part = getattr(split_dataset(ds, seed=seed), split)
+    images, labels = part.images[: n or None], part.labels[: n or None]
+    if name == "probe":
+        from calib.attacks.probe import class_mixing_probe
+
+        emb, _ = load_model(folder / "models" / "embedding.json")
+        res = class_mixing_probe(images, labels, eps if eps is not None else 0.3, seed=seed, embedding=emb)
+        console.print(f"class-mixing probe eps={res.eps}: {len(res.index0)} probes; embedding distance to x0 "
+                      f"median {float(np.median(res.embedding_to_x0)):.3f}, to x1 "
+                      f"{float(np.median(res.embedding_to_x1)):.3f}")
+        return
+    from calib.attacks.runner import AttackSpec, run_attack, save_attack
+    from calib.budgets import load_table
+
+    spec = AttackSpec(attack=name, norm=norm, eps=eps, steps=steps, restarts=restarts, step_size=step_size,
+                      method=method, cap=cap, seed=seed)
+    table = None
+    if eps is None:
+        table = load_table(table_path or folder / "eps_table.json")
+        table.check_fingerprint(ds.fingerprint)
+    clf, clf_cfg = load_model(folder / "models" / "classifier.json", dev)
+    check_model_data(clf_cfg, ds, split_dataset(ds, seed=seed), "classifier")
+    emb = None
+    if name in ("embedding-pgd", "shift"):
+        emb, _ = load_model(folder / "models" / "embedding.json", dev)
+    result = run_attack(spec, clf, emb, images, labels, table=table, device=dev, show_progress=not no_progress)
+    tag = f"{name}-{norm}-" + (f"eps{eps:g}" if eps is not None else "table")
+    path = save_attack(result, out or folder / "attacks", tag, dataset=ds.fingerprint,
+                       classifier_sha256=clf_cfg["weights_sha256"], split=split, seed=seed)
+    s_ = result["summary"]
+    t = Table("class", "n", "success", "mean eps", "mean Linf", "mean L2")
+    for c, v in s_["per_class"].items():
+        t.add_row(ds.class_names[int(c)], str(v["n"]), f"{v['success_rate']:.3f}", f"{v['mean_eps']:.4g}",
+                  f"{v['mean_linf']:.4g}", f"{v['mean_l2']:.4g}")
+    console.print(t)
+    if s_["projection"]:
+        p = s_["projection"]
+        console.print(f"projection active in {p['active_rate']:.1%} of steps; {p['g_forward_per_candidate']:.2f} "
+                      f"extra forward passes of g per sample-step; backward {int(p.get('g_backward', 0))}")
+    console.print(f"success rate {s_['success_rate']:.3f} on {s_['n']} images in {s_['seconds']:.1f} s -> {path}")
 
 
 table_app = typer.Typer(help="Inspect epsilon tables.", no_args_is_help=True)

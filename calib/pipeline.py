@@ -65,6 +65,16 @@ def stats_stage(dataset: Dataset, splits: Splits, config: StatsConfig, embedding
 
 
 @dataclass(frozen=True)
+class SemanticConfig:
+    """Semantic-budget search: norms, bisection steps, embedding-shift PGD steps and restarts."""
+
+    norms: tuple[str, ...] = ("linf", "l2")
+    iters: int = 7
+    steps: int = 10
+    restarts: int = 1
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Options of the main job; defaults are the README quick start on digits."""
 
@@ -84,6 +94,7 @@ class RunConfig:
     s: float = 1.0
     pair: str = "calibration-train"
     matrix_modes: tuple[str, ...] = ("sampled", "exact")
+    semantic: SemanticConfig | None = field(default_factory=lambda: SemanticConfig())
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -120,6 +131,9 @@ def run(config: RunConfig) -> dict[str, Any]:
                         show_progress=config.progress)
     stats.save(out)
     table = geometric_table(stats, policy, pair=config.pair, provenance={"seed": config.seed})
+    if config.semantic is not None:
+        table = semantic_stage(table, stats, ds, models / "embedding", config.semantic, seed=config.seed,
+                               show_progress=config.progress)
     table.save(out / "eps_table.json")
     summary = {
         "run": asdict(config) | {"fractions": list(config.fractions)},
@@ -141,10 +155,33 @@ def run(config: RunConfig) -> dict[str, Any]:
     return summary
 
 
-def budgets_stage(stats_dir: Path, policy: Policy, pair: str, out: Path | None = None) -> tuple[EpsTable, Path]:
-    """Geometric epsilon table from saved statistics; written to ``out`` (default beside them)."""
+def semantic_stage(table: EpsTable, stats: Stats, dataset: Dataset, embedding_path: Path, config: SemanticConfig,
+                   seed: int = 0, show_progress: bool = True) -> EpsTable:
+    """Final budgets min(geometric, semantic) using the embedding artefact at ``embedding_path``."""
+    from calib.budgets import final_table
+
+    if stats.meta["dataset"]["fingerprint"] != dataset.fingerprint:
+        raise ConfigError("the statistics were computed on other data than the dataset given")
+    model, cfg = load_model(embedding_path)
+    if stats.meta.get("embedding_sha256") not in (None, cfg["weights_sha256"]):
+        raise ArtefactError(f"{embedding_path} is not the embedding the statistics were computed with")
+    return final_table(table, stats, model, dataset.images, config.norms, iters=config.iters, steps=config.steps,
+                       restarts=config.restarts, seed=seed, embedding_sha256=cfg["weights_sha256"],
+                       show_progress=show_progress)
+
+
+def budgets_stage(stats_dir: Path, policy: Policy, pair: str, out: Path | None = None,
+                  semantic: SemanticConfig | None = None, dataset: Dataset | None = None,
+                  embedding_path: Path | None = None, show_progress: bool = True) -> tuple[EpsTable, Path]:
+    """Epsilon table from saved statistics (geometric; final = min(geometric, semantic) with
+    ``semantic``), written to ``out`` (default beside the statistics)."""
     stats = Stats.load(stats_dir)
     table = geometric_table(stats, policy, pair=pair)
+    if semantic is not None:
+        if dataset is None or embedding_path is None:
+            raise ConfigError("semantic budgets need the dataset and the embedding model")
+        table = semantic_stage(table, stats, dataset, embedding_path, semantic,
+                               seed=(stats.meta.get("split") or {}).get("seed", 0), show_progress=show_progress)
     path = out or Path(stats_dir) / "eps_table.json"
     table.save(path)
     return table, path

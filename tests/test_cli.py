@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import cli
@@ -135,3 +136,25 @@ def test_table_check_fingerprint_mismatch(capsys, tmp_path, digits_table, mnist_
     rc, _, _ = call(capsys, "table", "check", str(tmp_path / "t.json"), "--dataset", "mnist", "--data-dir",
                     str(mnist_dir), "--allow-mismatch")
     assert rc == 0
+
+
+def test_attack_command_with_table_and_global_eps(capsys, tmp_path):
+    run = tmp_path / "r"
+    rc, _, err = call(capsys, "run", "--out", str(run), "--epochs", "2", "--no-progress")
+    assert rc == 0, err
+    table = json.loads((run / "eps_table.json").read_text())
+    assert table["policy"]["method"] == "final" and "semantic" in table["budgets"]["input/linf"]["components"]
+    rc, out, err = call(capsys, "attack", "--run", str(run), "--attack", "pgd", "--n", "60", "--no-progress")
+    assert rc == 0, err
+    summary = json.loads((run / "attacks" / "pgd-linf-table.json").read_text())
+    assert summary["n"] == 60 and summary["budget"] == "eps table"
+    with np.load(run / "attacks" / "pgd-linf-table.npz") as z:
+        eps = np.asarray(table["budgets"]["input/linf"]["eps"])[z["labels"]]
+        assert (z["dist_linf"] <= eps + 1e-6).all()
+    rc, _, err = call(capsys, "attack", "--run", str(run), "--attack", "embedding-pgd", "--n", "30",
+                      "--projection", "newton", "--no-progress")
+    assert rc == 0, err
+    proj = json.loads((run / "attacks" / "embedding-pgd-linf-table.json").read_text())["projection"]
+    assert proj["candidates"] > 0 and "g_forward_per_candidate" in proj
+    rc, _, err = call(capsys, "attack", "--run", str(run), "--attack", "pgd", "--eps", "-1")
+    assert rc == 2 and "eps" in err

@@ -1,4 +1,15 @@
-"""Attacks and their invariants (box [0,1], epsilon ball), checked on every output."""
-from calib.attacks.invariants import NORM_ORDERS, ConstraintViolation, check_ball, perturbation_norms
+"""Attacks on batches with per-sample budgets; every output checked against its constraints.
 
-__all__ = ["ConstraintViolation", "check_ball", "perturbation_norms", "NORM_ORDERS"]
+* :func:`pgd` / :func:`fgsm`: L-inf and L2, any loss hook (classifier CE/margin, embedding shift).
+* :func:`embedding_pgd`: classifier PGD projected onto the embedding ball.
+* :func:`embedding_shift_pgd`: the largest embedding shift inside an input ball.
+* :func:`class_mixing_probe`: ``x0 + eps * sign(x1)`` for class pairs.
+"""
+from calib.attacks.embedding_pgd import METHODS, EmbeddingBall, embedding_pgd
+from calib.attacks.invariants import NORM_ORDERS, ConstraintViolation, check_ball, perturbation_norms
+from calib.attacks.objectives import ClassifierLoss, EmbeddingShift
+from calib.attacks.pgd import AttackResult, eval_mode, fgsm, pgd, resolve_eps
+
+__all__ = ["pgd", "fgsm", "embedding_pgd", "EmbeddingBall", "METHODS", "AttackResult", "ClassifierLoss",
+           "EmbeddingShift", "eval_mode", "resolve_eps", "ConstraintViolation", "check_ball", "perturbation_norms",
+           "NORM_ORDERS"]

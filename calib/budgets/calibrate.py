@@ -8,6 +8,7 @@ import numpy as np
 
 from calib.budgets.geometric import CUSTOMARY, Policy, geometric_budget, global_violations
 from calib.budgets.table import EpsTable, table_from_budgets
+from calib.errors import ConfigError
 from calib.models.artefact import versions
 from calib.stats import Stats
 
@@ -65,3 +66,54 @@ def per_sample_budgets(stats: Stats, policy: Policy = Policy(), pair: str = "cal
             b = geometric_budget(ps.nn.d_same, ps.nn.d_diff, ps.query_labels, len(stats.class_names), policy)
             out[f"{space}/{norm}"] = {"indices": ps.query_indices, "labels": ps.query_labels, "eps": b.per_sample}
     return out
+
+
+def final_table(geo: EpsTable, stats: Stats, embedding, images: np.ndarray, norms: tuple[str, ...] = ("linf", "l2"),
+                *, q: float | None = None, iters: int = 8, steps: int = 20, restarts: int = 1, seed: int = 0,
+                device: str = "cpu", embedding_sha256: str | None = None, show_progress: bool = False) -> EpsTable:
+    """The table with final input budgets ``min(geometric, semantic)`` for ``norms``.
+
+    Semantic budgets come from :func:`calib.budgets.semantic.semantic_budget` on the calibration
+    points of the geometric table's statistics pair, with the table's ``embedding/l2`` budgets.
+    The coverage recorded for a final budget is measured at that budget: the share of class points
+    whose ball is geometrically safe *and* whose measured worst-case embedding shift stays within
+    the class's embedding budget. Geometric and semantic values and coverages are kept as components.
+
+    Args:
+        images: the whole dataset's images (N, C, H, W); the pair's query indices select the points.
+    """
+    from calib.budgets.geometric import safe_mask
+    from calib.budgets.semantic import semantic_budget
+
+    if "embedding/l2" not in geo.budgets:
+        raise ConfigError("semantic budgets need the table's embedding/l2 budgets (statistics with an embedding)")
+    pair = geo.policy["pair"]
+    q = geo.policy["q"] if q is None else q
+    doc = geo.to_dict()
+    k = len(geo.class_names)
+    eps_emb = geo.eps("embedding", "l2")
+    semantic_meta = {}
+    for norm in norms:
+        ps = stats.pair("input", norm, pair)
+        geo_eps = geo.eps("input", norm)
+        sem = semantic_budget(embedding, images[ps.query_indices], ps.query_labels, eps_emb, geo_eps, norm, q,
+                              iters=iters, steps=steps, restarts=restarts, seed=seed, device=device,
+                              show_progress=show_progress)
+        final = np.minimum(geo_eps, sem.eps)
+        geo_ok = safe_mask(final[ps.query_labels], ps.nn.d_same, ps.nn.d_diff)
+        both = geo_ok & sem.per_sample_ok
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cov = np.bincount(ps.query_labels, weights=both, minlength=k) / sem.n
+        b = doc["budgets"][f"input/{norm}"]
+        b["components"] = {**b.get("components", {}), "geometric": geo_eps.tolist(), "semantic": sem.eps.tolist(),
+                           "semantic_censored": sem.censored.tolist(), "geometric_coverage": list(b["coverage"]),
+                           "semantic_coverage": sem.coverage.tolist()}
+        b["eps"], b["coverage"] = final.tolist(), cov.tolist()
+        semantic_meta[norm] = {"bisection_iters": iters, "pgd_steps": steps, "restarts": restarts, "seed": seed}
+    doc["policy"] = {**doc["policy"], "method": "final", "final": "min(geometric, semantic)",
+                     "semantic": {"norms": list(norms), "q": q, "embedding_budget": "embedding/l2",
+                                  "worst_case": "embedding-shift PGD (a lower bound: semantic budgets are optimistic)",
+                                  **semantic_meta}}
+    if embedding_sha256:
+        doc["provenance"] = {**doc["provenance"], "embedding_sha256": embedding_sha256}
+    return EpsTable.from_dict(doc)

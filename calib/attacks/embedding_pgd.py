@@ -1,0 +1,178 @@
+"""PGD whose projection step happens in embedding space (DESIGN.md, "Attacks").
+
+Threat model: x' in [0,1], optionally ``||x' - x||_p <= cap``, and ``||g(x') - g(x)||_2 <= eps_emb(y)``
+for the embedding g. The classifier loss is ascended in input space; after every step the
+candidate x~ is projected back onto the embedding ball by one of two methods:
+
+* ``bisection``: search the segment ``x + t (x~ - x)``, t in [0, 1]. t = 0 is x itself (distance 0),
+  so the result is always feasible. The first probe is the secant guess ``t = eps / d(x~)`` (exact
+  if the distance grows linearly along the segment), then ``iters - 1`` halvings of the bracket;
+  the feasible end of the bracket is returned.
+* ``newton``: Newton steps on ``h(x') = ||g(x') - g(x)|| - eps`` along its gradient, as perceptual
+  PGD (Laidlaw et al. 2021) projects onto LPIPS balls, each followed by the box/cap projection;
+  samples still outside after ``newton_iters`` fall back to bisection, so the result is feasible.
+  Each Newton step aims at ``(1 - newton_margin) * eps`` and ignores gradient components the box
+  would clip (a projected Newton step).
+
+:class:`EmbeddingBall` counts how often the projection was active and the extra forward/backward
+passes of g it cost (in samples), reported in ``AttackResult.info["projection"]``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from calib.attacks.invariants import ConstraintViolation, check_ball
+from calib.attacks.norms import get_norm
+from calib.attacks.objectives import ClassifierLoss
+from calib.attacks.pgd import AttackResult, eval_mode, pgd, resolve_eps
+from calib.errors import ConfigError
+
+METHODS = ("bisection", "newton")
+
+
+class EmbeddingBall:
+    """The set ``{x' : ||g(x') - g(x)||_2 <= eps_emb}`` with its projection; a PGD projector."""
+
+    def __init__(self, embedding: nn.Module, x: torch.Tensor, eps_emb: torch.Tensor, *, method: str = "bisection",
+                 iters: int = 3, newton_iters: int = 1, newton_margin: float = 0.1,
+                 cap: torch.Tensor | None = None, cap_norm: str = "linf") -> None:
+        if method not in METHODS:
+            raise ConfigError(f"unknown projection {method!r}; choose {', '.join(METHODS)}")
+        if iters < 1 or newton_iters < 1:
+            raise ConfigError("projection iterations must be >= 1")
+        self.g, self.method, self.iters, self.newton_iters = embedding, method, iters, newton_iters
+        self.newton_margin = newton_margin
+        self.eps = eps_emb.reshape(-1).to(x.device, torch.float32)
+        self.cap, self.cap_norm = cap, get_norm(cap_norm)
+        with torch.no_grad():
+            self.anchor = embedding(x).detach()
+        self.stats = {"calls": 0, "candidates": 0, "active": 0, "g_forward": 0, "g_backward": 0,
+                      "newton_fallback": 0}
+
+    def distance(self, x_adv: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.stats["g_forward"] += int(idx.numel())
+            return torch.linalg.vector_norm(self.g(x_adv) - self.anchor[idx], dim=1)
+
+    def __call__(self, x: torch.Tensor, x_prev: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        all_idx = torch.arange(n, device=x.device)
+        d = self.distance(cand, all_idx)
+        active = (d > self.eps) | ~torch.isfinite(d)
+        self.stats["calls"] += 1
+        self.stats["candidates"] += n
+        self.stats["active"] += int(active.sum())
+        if not active.any():
+            return cand
+        idx = active.nonzero().flatten()
+        out = cand.clone()
+        if self.method == "newton":
+            xn, ok = self._newton(x[idx], cand[idx], idx)
+            out[idx[ok]] = xn[ok]
+            idx = idx[~ok]
+            self.stats["newton_fallback"] += int(idx.numel())
+            if idx.numel() == 0:
+                return out
+            out[idx] = self._bisect(x[idx], cand[idx], idx, d[idx])
+            return out
+        out[idx] = self._bisect(x[idx], cand[idx], idx, d[idx])
+        return out
+
+    def _bisect(self, x: torch.Tensor, cand: torch.Tensor, idx: torch.Tensor, d_hi: torch.Tensor) -> torch.Tensor:
+        eps = self.eps[idx]
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        lo = torch.zeros(len(idx), device=x.device)
+        hi = torch.ones(len(idx), device=x.device)
+        guess = torch.where(torch.isfinite(d_hi) & (d_hi > 0), eps / d_hi, torch.zeros_like(d_hi)).clamp(0, 1)
+        t = guess
+        for it in range(self.iters):
+            if it > 0:
+                t = (lo + hi) / 2
+            dt = self.distance(x + t.view(shape) * (cand - x), idx)
+            ok = dt <= eps
+            lo = torch.where(ok, t, lo)
+            hi = torch.where(ok, hi, t)
+        return x + lo.view(shape) * (cand - x)
+
+    def _newton(self, x: torch.Tensor, cand: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eps = self.eps[idx]
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        cur = cand.clone()
+        for _ in range(self.newton_iters):
+            z = cur.detach().requires_grad_(True)
+            with torch.enable_grad():
+                h = torch.linalg.vector_norm(self.g(z) - self.anchor[idx], dim=1)
+                (grad,) = torch.autograd.grad(h.sum(), z)
+            self.stats["g_forward"] += int(idx.numel())
+            self.stats["g_backward"] += int(idx.numel())
+            with torch.no_grad():
+                grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+                # the step is -c * grad: drop components the box would clip (projected Newton step)
+                grad = torch.where(((cur <= 0) & (grad > 0)) | ((cur >= 1) & (grad < 0)), 0.0, grad)
+                gn2 = grad.flatten(1).pow(2).sum(1).clamp_min(1e-12)
+                excess = (h.detach() - eps * (1 - self.newton_margin)).clamp_min(0)  # aim a little inside
+                cur = cur - (excess / gn2).view(shape) * grad
+                cur = self._box_and_cap(x, cur, idx)
+        d = self.distance(cur, idx)
+        return cur, d <= eps
+
+    def _box_and_cap(self, x: torch.Tensor, x_adv: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        delta = x_adv - x
+        if self.cap is not None:
+            delta = self.cap_norm.project(delta, self.cap[idx])
+        return torch.clamp(x + delta, 0.0, 1.0)
+
+    def report(self) -> dict[str, Any]:
+        s = dict(self.stats)
+        s["active_rate"] = s["active"] / max(s["candidates"], 1)
+        s["g_forward_per_candidate"] = s["g_forward"] / max(s["candidates"], 1)
+        s["method"], s["iters"] = self.method, self.iters if self.method == "bisection" else self.newton_iters
+        return s
+
+
+def embedding_pgd(model: nn.Module, embedding: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_emb: Any, *,
+                  cap: Any = None, cap_norm: str = "linf", method: str = "bisection", iters: int = 3,
+                  newton_iters: int = 1, steps: int = 10, step_size: float = 0.02, loss: str = "ce",
+                  random_start: bool = False, restarts: int = 1, seed: int = 0) -> AttackResult:
+    """PGD on the classifier loss, projected onto the embedding ball ``||g(x') - g(x)|| <= eps_emb``.
+
+    Args:
+        model: classifier f; embedding: g (unit-norm outputs).
+        x, y: clean images (N, C, H, W) in [0,1] and labels (N,).
+        eps_emb: embedding budgets: scalar, (N,), or an eps table (its ``embedding/l2`` column).
+        cap: optional input-norm cap (scalar or (N,)) in ``cap_norm``; without it, the input ball
+            is the whole box (radius 1 in L-inf).
+        step_size: absolute input step (L-inf sign steps of this size, or L2 steps).
+        method / iters / newton_iters: projection (see the module docstring).
+
+    Returns an :class:`AttackResult` whose ``info["projection"]`` reports the projection's
+    activity and cost, and whose every example is checked: box, cap, and embedding distance
+    ``<= eps_emb + 1e-6`` (recomputed with a fresh forward pass).
+    """
+    x = x.detach()
+    n = x.shape[0]
+    e_emb = resolve_eps(eps_emb, n, x.device, y, "embedding", "l2").view(-1)
+    cap_t = resolve_eps(cap if cap is not None else 1.0, n, x.device, y, "input", cap_norm)
+    with eval_mode(model, embedding):
+        ball = EmbeddingBall(embedding, x, e_emb, method=method, iters=iters, newton_iters=newton_iters,
+                             cap=cap_t, cap_norm=cap_norm)
+        res = pgd(ClassifierLoss(model, y, loss), x, cap_t, cap_norm, steps=steps, step_size=step_size,
+                  random_start=random_start, restarts=restarts, seed=seed, projector=ball, check=False)
+        with torch.no_grad():
+            d = torch.linalg.vector_norm(embedding(res.x_adv) - ball.anchor, dim=1)
+        bad = d > e_emb + 1e-6
+        if bad.any():  # numerical edge: never return an infeasible example
+            res.x_adv[bad] = x[bad]
+            with torch.no_grad():
+                res.success[bad] = model(x[bad]).argmax(1) != y[bad]
+        ball.stats["final_fallback_to_x"] = int(bad.sum())
+        check_ball(x, res.x_adv, cap_t, cap_norm, who="embedding_pgd")
+        with torch.no_grad():
+            d = torch.linalg.vector_norm(embedding(res.x_adv) - ball.anchor, dim=1)
+        if (d > e_emb + 1e-6).any():
+            raise ConstraintViolation("embedding_pgd: an example left its embedding ball")
+    res.info.update(projection=ball.report(), eps_emb=e_emb, embedding_shift=d)
+    return res

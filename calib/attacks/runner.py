@@ -1,0 +1,134 @@
+"""Run one attack over a dataset part in batches and summarise it per class (``calib attack``)."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from calib.attacks.embedding_pgd import embedding_pgd
+from calib.attacks.invariants import perturbation_norms
+from calib.attacks.objectives import ClassifierLoss, EmbeddingShift
+from calib.attacks.pgd import fgsm, pgd, resolve_eps
+from calib.errors import ConfigError
+from calib.io import atomic_path, write_json
+from calib.progress import progress
+
+ATTACKS = ("fgsm", "pgd", "embedding-pgd", "shift")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """Which attack, under which budget.
+
+    Attributes:
+        attack: ``fgsm``, ``pgd`` (classifier), ``embedding-pgd`` (classifier, embedding-ball
+            projection) or ``shift`` (embedding-shift PGD).
+        norm: input norm (``linf``/``l2``); for ``embedding-pgd`` the norm of the optional ``cap``.
+        eps: a global budget (input radius, or the embedding radius for ``embedding-pgd``), or
+            ``None`` to take per-class budgets from the table.
+        steps, restarts, rel_step: PGD settings (step = rel_step * eps; default 2.5 / steps).
+        step_size: absolute input step for ``embedding-pgd``.
+        method, iters: embedding projection (``bisection``/``newton``) and its iterations.
+        cap: optional input cap for ``embedding-pgd``; loss: ``ce`` or ``margin``.
+    """
+
+    attack: str = "pgd"
+    norm: str = "linf"
+    eps: float | None = None
+    steps: int = 10
+    restarts: int = 1
+    rel_step: float | None = None
+    step_size: float = 0.02
+    method: str = "bisection"
+    iters: int = 3
+    cap: float | None = None
+    loss: str = "ce"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.attack not in ATTACKS:
+            raise ConfigError(f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}")
+        if self.eps is not None and not (np.isfinite(self.eps) and self.eps >= 0):
+            raise ConfigError(f"eps must be a finite number >= 0; got {self.eps}")
+
+
+def run_attack(spec: AttackSpec, classifier: nn.Module, embedding: nn.Module | None, images: np.ndarray,
+               labels: np.ndarray, *, table=None, batch_size: int = 500, device: str | torch.device = "cpu",
+               show_progress: bool = True) -> dict[str, Any]:
+    """Attack ``images``/``labels`` batch by batch; returns arrays (``x_adv``, ``success``, ``eps``,
+    distances, predictions) and a JSON-ready ``summary`` with per-class rates."""
+    if spec.eps is None and table is None:
+        raise ConfigError("give a global --eps or an eps table")
+    if spec.attack in ("embedding-pgd", "shift") and embedding is None:
+        raise ConfigError(f"attack {spec.attack!r} needs the embedding model")
+    n = len(labels)
+    out = {k: [] for k in ("x_adv", "success", "loss", "eps", "pred")}
+    proj: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with progress(show_progress) as bar:
+        task = bar.add_task(spec.attack, total=n, status="")
+        for s in range(0, n, batch_size):
+            x = torch.from_numpy(images[s:s + batch_size]).to(device)
+            y = torch.from_numpy(labels[s:s + batch_size]).to(device)
+            budget = spec.eps if spec.eps is not None else table
+            if spec.attack == "fgsm":
+                r = fgsm(ClassifierLoss(classifier, y, spec.loss), x, budget, spec.norm, labels=y, seed=spec.seed)
+            elif spec.attack == "pgd":
+                r = pgd(ClassifierLoss(classifier, y, spec.loss), x, budget, spec.norm, steps=spec.steps,
+                        restarts=spec.restarts, rel_step=spec.rel_step, labels=y, seed=spec.seed)
+            elif spec.attack == "shift":
+                r = pgd(EmbeddingShift(embedding, x), x, budget, spec.norm, steps=spec.steps, restarts=spec.restarts,
+                        rel_step=spec.rel_step, labels=y, seed=spec.seed)
+            else:
+                r = embedding_pgd(classifier, embedding, x, y, budget, cap=spec.cap, cap_norm=spec.norm,
+                                  method=spec.method, iters=spec.iters, steps=spec.steps, step_size=spec.step_size,
+                                  loss=spec.loss, restarts=spec.restarts, seed=spec.seed)
+                for key, v in r.info["projection"].items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        proj[key] = proj.get(key, 0) + v
+            with torch.no_grad():
+                pred = classifier(r.x_adv).argmax(1)
+            for key, v in (("x_adv", r.x_adv), ("success", r.success), ("loss", r.loss), ("eps", r.eps),
+                           ("pred", pred)):
+                out[key].append(v.detach().cpu().numpy())
+            bar.advance(task, len(y))
+    arrays = {k: np.concatenate(v) for k, v in out.items()}
+    xa, xc = torch.from_numpy(arrays["x_adv"]), torch.from_numpy(images)
+    for nm in ("linf", "l2", "l1"):
+        arrays[f"dist_{nm}"] = perturbation_norms(xc, xa, nm).numpy()
+    if proj:
+        proj["active_rate"] = proj.get("active", 0) / max(proj.get("candidates", 1), 1)
+        proj["g_forward_per_candidate"] = proj.get("g_forward", 0) / max(proj.get("candidates", 1), 1)
+    arrays["labels"] = labels
+    k = int(labels.max()) + 1 if table is None else len(table.class_names)
+    per_class = {}
+    for c in range(k):
+        m = labels == c
+        if m.any():
+            per_class[str(c)] = {"n": int(m.sum()), "success_rate": float(arrays["success"][m].mean()),
+                                 "mean_eps": float(arrays["eps"][m].mean()),
+                                 "mean_linf": float(arrays["dist_linf"][m].mean()),
+                                 "mean_l2": float(arrays["dist_l2"][m].mean())}
+    summary = {"spec": asdict(spec), "n": n, "success_rate": float(arrays["success"].mean()),
+               "seconds": time.perf_counter() - t0, "per_class": per_class, "projection": proj or None,
+               "budget": "global" if spec.eps is not None else "eps table"}
+    return {"arrays": arrays, "summary": summary}
+
+
+def save_attack(result: dict[str, Any], folder: str | os.PathLike[str], name: str, **provenance: Any) -> Path:
+    """Write ``<name>.npz`` (arrays) and ``<name>.json`` (summary + provenance) atomically."""
+    folder = Path(folder)
+    with atomic_path(folder / f"{name}.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **result["arrays"])
+    write_json(folder / f"{name}.json", {**result["summary"], "provenance": provenance})
+    return folder / f"{name}.json"
+
+
+__all__ = ["AttackSpec", "run_attack", "save_attack", "ATTACKS", "resolve_eps"]
