@@ -227,6 +227,8 @@ def budgets(run_dir: Optional[Path] = typer.Option(None, "--run", help="Folder w
             q: float = typer.Option(0.05, "--q", min=0.0, max=0.999, help="Quantile level."),
             s: float = typer.Option(1.0, "--s", min=1e-9, help="Safety factor."),
             pair: str = typer.Option("calibration-train", "--pair", help="Statistics pair to calibrate on."),
+            rule: str = typer.Option("quantile", "--rule", help="quantile: s*min(Q_q(d_diff/2), Q_q(d_same)) "
+                                     "(DESIGN.md); coverage: largest eps whose coverage is >= 1-q."),
             out: Optional[Path] = typer.Option(None, "--out", help="Table path (default RUN/eps_table.json)."),
             semantic: bool = typer.Option(False, "--semantic", help="Final budgets = min(geometric, semantic); "
                                           "needs the run's embedding and the dataset."),
@@ -246,7 +248,7 @@ def budgets(run_dir: Optional[Path] = typer.Option(None, "--run", help="Folder w
         sem = SemanticConfig(norms=_csv(semantic_norms, "--semantic-norms"), iters=semantic_iters,
                              steps=semantic_steps)
         ds = load_dataset(dataset, data_dir)
-    table, path = budgets_stage(folder, Policy(q=q, s=s), pair, out, semantic=sem, dataset=ds,
+    table, path = budgets_stage(folder, Policy(q=q, s=s, rule=rule), pair, out, semantic=sem, dataset=ds,
                                 embedding_path=folder / "models" / "embedding.json", show_progress=not no_progress)
     _print_table(table)
     console.print(f"written to {path} and {path.with_suffix('.csv')}")
@@ -265,7 +267,9 @@ def attack(run_dir: Optional[Path] = typer.Option(None, "--run", help="Run folde
            n: int = typer.Option(0, "--n", min=0, help="Attack the first N images of the split (0 = all)."),
            steps: int = typer.Option(10, "--steps", min=1), restarts: int = typer.Option(1, "--restarts", min=1),
            step_size: float = typer.Option(0.02, "--step-size", min=0.0, help="embedding-pgd input step."),
-           method: str = typer.Option("bisection", "--projection", help="embedding-pgd: bisection or newton."),
+           method: str = typer.Option("bisection", "--projection", help="embedding-pgd: bisection (cheap) or "
+                                      "newton (stronger, costlier)."),
+           newton_iters: int = typer.Option(1, "--newton-iters", min=1, help="embedding-pgd: Newton steps."),
            cap: Optional[float] = typer.Option(None, "--cap", help="embedding-pgd: input-norm cap."),
            out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/attacks)."),
            device: str = DeviceOpt, no_progress: bool = NoProgressOpt) -> None:
@@ -296,7 +300,7 @@ def attack(run_dir: Optional[Path] = typer.Option(None, "--run", help="Run folde
     from calib.budgets import load_table
 
     spec = AttackSpec(attack=name, norm=norm, eps=eps, steps=steps, restarts=restarts, step_size=step_size,
-                      method=method, cap=cap, seed=seed)
+                      method=method, newton_iters=newton_iters, cap=cap, seed=seed)
     table = None
     if eps is None:
         table = load_table(table_path or folder / "eps_table.json")

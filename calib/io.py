@@ -56,6 +56,17 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         fh.write(text + "\n")
 
 
+def read_json(path: str | os.PathLike[str], error: type[Exception], what: str) -> Any:
+    """Parse a JSON file, raising ``error`` with one line (``<what> not found: path`` or
+    ``path: not valid JSON for <what> (...)``) instead of OS/JSON exceptions."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise error(f"{what} not found: {path}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not valid JSON for {what} ({exc})") from exc
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks."""
     h = hashlib.sha256()

@@ -60,8 +60,8 @@ def test_pgd_outputs_are_always_feasible(shape, norm, steps, rs, restarts, nan, 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=inputs, method=st.sampled_from(["bisection", "newton"]), iters=st.integers(1, 4),
-       cap=st.one_of(st.none(), st.floats(0.0, 0.5)), nan=st.booleans())
-def test_embedding_pgd_outputs_stay_in_the_embedding_ball(shape, method, iters, cap, nan):
+       cap=st.one_of(st.none(), st.floats(0.0, 0.5)), nan=st.booleans(), segment=st.sampled_from(["previous", "clean"]))
+def test_embedding_pgd_outputs_stay_in_the_embedding_ball(shape, method, iters, cap, nan, segment):
     n, seed = shape
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(rng.random((n, 1, 6, 6), dtype=np.float32))
@@ -69,7 +69,8 @@ def test_embedding_pgd_outputs_stay_in_the_embedding_ball(shape, method, iters, 
     eps_emb = torch.from_numpy(rng.uniform(0, 0.5, n).astype(np.float32))
     eps_emb[0] = 0.0
     f, g = TinyNet(seed, nan=nan), TinyNet(seed + 1, out=4, normalize=True)
-    r = embedding_pgd(f, g, x, y, eps_emb, cap=cap, method=method, iters=iters, steps=3, step_size=0.1)
+    r = embedding_pgd(f, g, x, y, eps_emb, cap=cap, method=method, iters=iters, segment=segment, steps=3,
+                      step_size=0.1)
     g.eval()
     with torch.no_grad():
         shift = torch.linalg.vector_norm(g(r.x_adv) - g(x), dim=1)

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calib.budgets import (EpsTable, EpsTableError, Policy, geometric_budget, geometric_table, global_violations,
+from calib.budgets import (EpsTableError, Policy, geometric_budget, geometric_table, global_violations,
                            load_table, per_sample_budgets)
 from calib.errors import ConfigError, DataError
 from calib.stats import StatsConfig, compute_stats
@@ -156,3 +156,29 @@ def test_unreadable_tables(tmp_path):
     c.write_text("class,eps\n0,0.1\n")
     with pytest.raises(EpsTableError, match="malformed eps table CSV"):
         load_table(c)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(5, 60), q=st.floats(0.0, 0.5), levels=st.integers(2, 6), seed=st.integers(0, 10_000))
+def test_coverage_rule_guarantees_coverage_even_with_ties(n, q, levels, seed):
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n)
+    d_same = rng.integers(1, levels + 1, y.size) / levels  # few distinct values: many ties
+    d_diff = 2 * rng.integers(1, levels + 1, y.size) / levels
+    b = geometric_budget(d_same, d_diff, y, 2, Policy(q=q, rule="coverage"))
+    assert (b.coverage >= 1 - q - 1e-12).all()
+    # and it is the largest such radius: the next tied value up loses coverage
+    for c in (0, 1):
+        m = np.minimum(d_diff[y == c] / 2, d_same[y == c])
+        above = np.min(m[m > b.eps[c]])
+        assert np.mean(m > above) < 1 - q + 1e-12 or np.all(m <= above)
+
+
+def test_coverage_rule_on_real_linf_ties(digits_stats):
+    ps = digits_stats.pair("input", "linf", "calibration-train")
+    args = (ps.nn.d_same, ps.nn.d_diff, ps.query_labels, 10)
+    quant, cov = geometric_budget(*args, Policy(q=0.05)), geometric_budget(*args, Policy(q=0.05, rule="coverage"))
+    assert (cov.coverage >= 0.95 - 1e-12).all()
+    assert quant.coverage.min() < 0.95  # the DESIGN formula loses coverage to ties here
+    with pytest.raises(ConfigError, match="unknown budget rule"):
+        Policy(rule="magic")

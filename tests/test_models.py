@@ -75,7 +75,7 @@ def test_corrupt_or_foreign_json_refused(saved):
     j = path.with_suffix(".json")
     good = j.read_text()
     j.write_text(good[:-20])
-    with pytest.raises(ArtefactError, match="not a valid JSON"):
+    with pytest.raises(ArtefactError, match="not valid JSON for model config"):
         load_model(path)
     j.write_text(json.dumps({"hello": 1}))
     with pytest.raises(ArtefactError, match="not a calib model config"):

@@ -4,13 +4,18 @@ Threat model: x' in [0,1], optionally ``||x' - x||_p <= cap``, and ``||g(x') - g
 for the embedding g. The classifier loss is ascended in input space; after every step the
 candidate x~ is projected back onto the embedding ball by one of two methods:
 
-* ``bisection``: search the segment ``x + t (x~ - x)``, t in [0, 1]. t = 0 is x itself (distance 0),
-  so the result is always feasible. The first probe is the secant guess ``t = eps / d(x~)`` (exact
-  if the distance grows linearly along the segment), then ``iters - 1`` halvings of the bracket;
-  the feasible end of the bracket is returned.
+* ``bisection``: search a segment ``s + t (x~ - s)``, t in [0, 1], from a feasible start s: the
+  previous iterate (``segment="previous"``, default) or the clean x (``segment="clean"``, the
+  segment [x, x~] of DESIGN.md). t = 0 is feasible, so the result always is. The first probe is
+  the secant guess ``t = (eps - d(s)) / (d(x~) - d(s))`` (exact if the distance is linear along
+  the segment), then ``iters - 1`` halvings of the bracket; the feasible end is returned. From the
+  previous iterate the segment is one step long, so the secant guess is accurate and a miss costs
+  one step of progress; from x a miss pulls the iterate back toward the clean image (measured on
+  MNIST: success 0.017 vs 0.088 for newton, at 3.7 forward passes of g per sample-step).
 * ``newton``: Newton steps on ``h(x') = ||g(x') - g(x)|| - eps`` along its gradient, as perceptual
   PGD (Laidlaw et al. 2021) projects onto LPIPS balls, each followed by the box/cap projection;
-  samples still outside after ``newton_iters`` fall back to bisection, so the result is feasible.
+  samples still outside after ``newton_iters`` fall back to bisection towards the Newton point, so
+  the result is feasible.
   Each Newton step aims at ``(1 - newton_margin) * eps`` and ignores gradient components the box
   would clip (a projected Newton step).
 
@@ -37,10 +42,13 @@ class EmbeddingBall:
     """The set ``{x' : ||g(x') - g(x)||_2 <= eps_emb}`` with its projection; a PGD projector."""
 
     def __init__(self, embedding: nn.Module, x: torch.Tensor, eps_emb: torch.Tensor, *, method: str = "bisection",
-                 iters: int = 3, newton_iters: int = 1, newton_margin: float = 0.1,
+                 iters: int = 1, newton_iters: int = 1, newton_margin: float = 0.1, segment: str = "previous",
                  cap: torch.Tensor | None = None, cap_norm: str = "linf") -> None:
         if method not in METHODS:
             raise ConfigError(f"unknown projection {method!r}; choose {', '.join(METHODS)}")
+        if segment not in ("previous", "clean"):
+            raise ConfigError(f"unknown segment {segment!r}; choose previous or clean")
+        self.segment = segment
         if iters < 1 or newton_iters < 1:
             raise ConfigError("projection iterations must be >= 1")
         self.g, self.method, self.iters, self.newton_iters = embedding, method, iters, newton_iters
@@ -49,6 +57,7 @@ class EmbeddingBall:
         self.cap, self.cap_norm = cap, get_norm(cap_norm)
         with torch.no_grad():
             self.anchor = embedding(x).detach()
+        self.d_prev = torch.zeros(x.shape[0], device=x.device)  # distance of the last accepted iterate
         self.stats = {"calls": 0, "candidates": 0, "active": 0, "g_forward": 0, "g_backward": 0,
                       "newton_fallback": 0}
 
@@ -65,37 +74,48 @@ class EmbeddingBall:
         self.stats["calls"] += 1
         self.stats["candidates"] += n
         self.stats["active"] += int(active.sum())
+        self.d_prev = torch.where(active, self.d_prev, d)
         if not active.any():
             return cand
         idx = active.nonzero().flatten()
         out = cand.clone()
+        start = x_prev if self.segment == "previous" else x
+        d_start = self.d_prev if self.segment == "previous" else torch.zeros_like(self.d_prev)
+        target, d_target = cand, d
         if self.method == "newton":
-            xn, ok = self._newton(x[idx], cand[idx], idx)
+            xn, ok, dn = self._newton(x[idx], cand[idx], idx)
             out[idx[ok]] = xn[ok]
+            self.d_prev[idx[ok]] = dn[ok]
+            # a miss is bisected towards the Newton point, which keeps its move along the boundary
+            target, d_target = out.clone(), d.clone()
+            target[idx[~ok]], d_target[idx[~ok]] = xn[~ok], dn[~ok]
             idx = idx[~ok]
             self.stats["newton_fallback"] += int(idx.numel())
             if idx.numel() == 0:
                 return out
-            out[idx] = self._bisect(x[idx], cand[idx], idx, d[idx])
-            return out
-        out[idx] = self._bisect(x[idx], cand[idx], idx, d[idx])
+        out[idx], self.d_prev[idx] = self._bisect(start[idx], target[idx], idx, d_start[idx], d_target[idx])
         return out
 
-    def _bisect(self, x: torch.Tensor, cand: torch.Tensor, idx: torch.Tensor, d_hi: torch.Tensor) -> torch.Tensor:
+    def _bisect(self, start: torch.Tensor, cand: torch.Tensor, idx: torch.Tensor, d_lo: torch.Tensor,
+                d_hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         eps = self.eps[idx]
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        lo = torch.zeros(len(idx), device=x.device)
-        hi = torch.ones(len(idx), device=x.device)
-        guess = torch.where(torch.isfinite(d_hi) & (d_hi > 0), eps / d_hi, torch.zeros_like(d_hi)).clamp(0, 1)
-        t = guess
+        shape = (-1,) + (1,) * (start.dim() - 1)
+        lo = torch.zeros(len(idx), device=start.device)
+        hi = torch.ones(len(idx), device=start.device)
+        d_at_lo = d_lo.clone()
+        gap = d_hi - d_lo
+        ok_gap = torch.isfinite(gap) & (gap > 0)
+        t = torch.where(ok_gap, (eps - d_lo) / torch.where(ok_gap, gap, torch.ones_like(gap)),
+                        torch.zeros_like(gap)).clamp(0, 1)
         for it in range(self.iters):
             if it > 0:
                 t = (lo + hi) / 2
-            dt = self.distance(x + t.view(shape) * (cand - x), idx)
+            dt = self.distance(start + t.view(shape) * (cand - start), idx)
             ok = dt <= eps
             lo = torch.where(ok, t, lo)
+            d_at_lo = torch.where(ok, dt, d_at_lo)
             hi = torch.where(ok, hi, t)
-        return x + lo.view(shape) * (cand - x)
+        return start + lo.view(shape) * (cand - start), d_at_lo
 
     def _newton(self, x: torch.Tensor, cand: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         eps = self.eps[idx]
@@ -117,7 +137,7 @@ class EmbeddingBall:
                 cur = cur - (excess / gn2).view(shape) * grad
                 cur = self._box_and_cap(x, cur, idx)
         d = self.distance(cur, idx)
-        return cur, d <= eps
+        return cur, d <= eps, d
 
     def _box_and_cap(self, x: torch.Tensor, x_adv: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         delta = x_adv - x
@@ -129,13 +149,15 @@ class EmbeddingBall:
         s = dict(self.stats)
         s["active_rate"] = s["active"] / max(s["candidates"], 1)
         s["g_forward_per_candidate"] = s["g_forward"] / max(s["candidates"], 1)
-        s["method"], s["iters"] = self.method, self.iters if self.method == "bisection" else self.newton_iters
+        s["method"], s["segment"] = self.method, self.segment
+        s["iters"] = self.iters if self.method == "bisection" else self.newton_iters
         return s
 
 
 def embedding_pgd(model: nn.Module, embedding: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_emb: Any, *,
-                  cap: Any = None, cap_norm: str = "linf", method: str = "bisection", iters: int = 3,
-                  newton_iters: int = 1, steps: int = 10, step_size: float = 0.02, loss: str = "ce",
+                  cap: Any = None, cap_norm: str = "linf", method: str = "bisection", iters: int = 1,
+                  newton_iters: int = 1, segment: str = "previous", steps: int = 10, step_size: float = 0.02,
+                  loss: str = "ce",
                   random_start: bool = False, restarts: int = 1, seed: int = 0) -> AttackResult:
     """PGD on the classifier loss, projected onto the embedding ball ``||g(x') - g(x)|| <= eps_emb``.
 
@@ -146,7 +168,7 @@ def embedding_pgd(model: nn.Module, embedding: nn.Module, x: torch.Tensor, y: to
         cap: optional input-norm cap (scalar or (N,)) in ``cap_norm``; without it, the input ball
             is the whole box (radius 1 in L-inf).
         step_size: absolute input step (L-inf sign steps of this size, or L2 steps).
-        method / iters / newton_iters: projection (see the module docstring).
+        method / iters / newton_iters / segment: projection (see the module docstring).
 
     Returns an :class:`AttackResult` whose ``info["projection"]`` reports the projection's
     activity and cost, and whose every example is checked: box, cap, and embedding distance
@@ -158,7 +180,7 @@ def embedding_pgd(model: nn.Module, embedding: nn.Module, x: torch.Tensor, y: to
     cap_t = resolve_eps(cap if cap is not None else 1.0, n, x.device, y, "input", cap_norm)
     with eval_mode(model, embedding):
         ball = EmbeddingBall(embedding, x, e_emb, method=method, iters=iters, newton_iters=newton_iters,
-                             cap=cap_t, cap_norm=cap_norm)
+                             segment=segment, cap=cap_t, cap_norm=cap_norm)
         res = pgd(ClassifierLoss(model, y, loss), x, cap_t, cap_norm, steps=steps, step_size=step_size,
                   random_start=random_start, restarts=restarts, seed=seed, projector=ball, check=False)
         with torch.no_grad():

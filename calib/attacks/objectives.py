@@ -25,8 +25,15 @@ class ClassifierLoss:
         self.modules = (model,)
 
     def __call__(self, x_adv: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-        y = self.labels if idx is None else self.labels[idx]
+        return self._loss(self.model(x_adv), self.labels if idx is None else self.labels[idx])
+
+    @torch.no_grad()
+    def evaluate(self, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, success) from one forward pass."""
         z = self.model(x_adv)
+        return self._loss(z, self.labels), z.argmax(1) != self.labels
+
+    def _loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.kind == "ce":
             return F.cross_entropy(z, y, reduction="none")
         zy = z.gather(1, y[:, None]).squeeze(1)
@@ -56,3 +63,8 @@ class EmbeddingShift:
 
     def success(self, x_adv: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         return torch.zeros(x_adv.shape[0], dtype=torch.bool, device=x_adv.device)
+
+    @torch.no_grad()
+    def evaluate(self, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shift, no success) from one forward pass."""
+        return self(x_adv), self.success(x_adv)

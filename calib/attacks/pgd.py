@@ -84,7 +84,8 @@ def pgd(objective, x: torch.Tensor, eps: Any, norm: str = "linf", *, steps: int 
 
     Args:
         objective: a loss hook (:mod:`calib.attacks.objectives`): ``objective(x_adv) -> (N,)``,
-            ``objective.success(x_adv) -> (N,) bool``, ``objective.modules`` (put in eval mode).
+            ``objective.evaluate(x_adv) -> (loss (N,), success (N,) bool)`` from one forward pass,
+            ``objective.modules`` (put in eval mode).
         x: clean images (N, C, H, W) in [0,1].
         eps: scalar, (N,) budgets, or an eps table (with ``labels``).
         norm: ``linf`` or ``l2``.
@@ -126,8 +127,8 @@ def pgd(objective, x: torch.Tensor, eps: Any, norm: str = "linf", *, steps: int 
                     x_adv = projector(x, x_adv.detach(), cand) if projector is not None else cand
             with torch.no_grad():
                 x_adv = x_adv.detach()
-                loss = torch.nan_to_num(objective(x_adv), nan=float("-inf"))
-                succ = objective.success(x_adv)
+                loss, succ = objective.evaluate(x_adv)
+                loss = torch.nan_to_num(loss, nan=float("-inf"))
                 better = (succ & ~best_succ) | ((succ == best_succ) & (loss > best_loss))
                 best_x[better] = x_adv[better]
                 best_loss = torch.where(better, loss, best_loss)

@@ -34,7 +34,8 @@ class AttackSpec:
             ``None`` to take per-class budgets from the table.
         steps, restarts, rel_step: PGD settings (step = rel_step * eps; default 2.5 / steps).
         step_size: absolute input step for ``embedding-pgd``.
-        method, iters: embedding projection (``bisection``/``newton``) and its iterations.
+        method, iters, segment: embedding projection (``bisection``/``newton``), its iterations and
+            the segment bisection searches (``previous`` iterate or ``clean`` x).
         cap: optional input cap for ``embedding-pgd``; loss: ``ce`` or ``margin``.
     """
 
@@ -46,7 +47,9 @@ class AttackSpec:
     rel_step: float | None = None
     step_size: float = 0.02
     method: str = "bisection"
-    iters: int = 3
+    iters: int = 1
+    newton_iters: int = 1
+    segment: str = "previous"
     cap: float | None = None
     loss: str = "ce"
     seed: int = 0
@@ -87,7 +90,9 @@ def run_attack(spec: AttackSpec, classifier: nn.Module, embedding: nn.Module | N
                         rel_step=spec.rel_step, labels=y, seed=spec.seed)
             else:
                 r = embedding_pgd(classifier, embedding, x, y, budget, cap=spec.cap, cap_norm=spec.norm,
-                                  method=spec.method, iters=spec.iters, steps=spec.steps, step_size=spec.step_size,
+                                  method=spec.method, iters=spec.iters, newton_iters=spec.newton_iters,
+                                  segment=spec.segment, steps=spec.steps,
+                                  step_size=spec.step_size,
                                   loss=spec.loss, restarts=spec.restarts, seed=spec.seed)
                 for key, v in r.info["projection"].items():
                     if isinstance(v, (int, float)) and not isinstance(v, bool):

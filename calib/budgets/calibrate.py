@@ -50,7 +50,8 @@ def geometric_table(stats: Stats, policy: Policy = Policy(), pair: str = "calibr
             "seed": (meta.get("split") or {}).get("seed"), **(provenance or {})}
     dataset = {"name": meta["dataset"]["name"], "fingerprint": meta["dataset"]["fingerprint"],
                "class_names": list(names), "image_shape": meta["dataset"]["image_shape"], "value_range": [0, 1]}
-    policy_doc = {"method": "geometric", "q": policy.q, "s": policy.s, "quantile_method": policy.method,
+    policy_doc = {"method": "geometric", "rule": policy.rule, "q": policy.q, "s": policy.s,
+                  "quantile_method": policy.method,
                   "pair": pair, "safe": "eps < d_same and eps < d_diff / 2"}
     return table_from_budgets(dataset=dataset, policy=policy_doc, budgets=budgets, provenance=prov,
                               baselines=baselines)

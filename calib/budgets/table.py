@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from calib.errors import CalibError
-from calib.io import atomic_open, write_json
+from calib.io import atomic_open, read_json, write_json
 
 SCHEMA = "calib-eps-table"
 VERSION = 1
@@ -147,13 +147,7 @@ class EpsTable:
         path = Path(path)
         if path.suffix == ".csv":
             return cls.from_csv(path)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise EpsTableError(f"eps table not found: {path}") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise EpsTableError(f"{path}: not valid JSON ({exc})") from exc
-        return cls.from_dict(doc, str(path))
+        return cls.from_dict(read_json(path, EpsTableError, "eps table"), str(path))
 
     # ---- CSV -------------------------------------------------------------------------------------
     def to_csv(self, path: str | os.PathLike[str]) -> None:

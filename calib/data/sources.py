@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np

@@ -9,7 +9,6 @@ bytes in name order) that is equal for equal weights whatever the file layout.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from calib.errors import ArtefactError
-from calib.io import atomic_path, sha256_file, write_json
+from calib.io import atomic_path, read_json, sha256_file, write_json
 from calib.models.nets import build_model
 
 FORMAT = "calib-model"
@@ -82,12 +81,7 @@ def save_model(model: nn.Module, spec: dict[str, Any], path: str | os.PathLike[s
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check an artefact's JSON config (not the weights)."""
     _, jpath = _paths(path)
-    try:
-        config = json.loads(jpath.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ArtefactError(f"model config not found: {jpath}") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtefactError(f"{jpath}: not a valid JSON model config ({exc})") from exc
+    config = read_json(jpath, ArtefactError, "model config")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ArtefactError(f"{jpath}: not a calib model config (format field is not {FORMAT!r})")
     if config.get("format_version") != FORMAT_VERSION:

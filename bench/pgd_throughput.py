@@ -1,0 +1,104 @@
+"""Benchmark on MNIST: calib's PGD vs torchattacks' PGD, and the cost of embedding-space projection.
+
+1. PGD L-inf eps=0.3 (40 steps, alpha = 2.5 eps / steps, random start) on the held-out test part
+   with the run's classifier: success rate and images/s for calib and torchattacks, same model,
+   batch and seed; prints the difference in percentage points and the throughput ratio.
+2. Embedding-projected PGD (bisection, newton) vs plain PGD at the same step count and step size
+   (L-inf cap 0.3): seconds, ratio, and how often the projection was active.
+
+    calib run --dataset mnist --data-dir ../shared/data      # trains the models (once)
+    python bench/pgd_throughput.py --run reports/mnist-seed0 --data-dir ../shared/data
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from calib.attacks import ClassifierLoss, embedding_pgd, pgd
+from calib.budgets import load_table
+from calib.data import load_dataset, split_dataset
+from calib.models import load_model
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="reports/mnist-seed0")
+    ap.add_argument("--data-dir", default="../shared/data")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--reps", type=int, default=3, help="alternating repetitions; the best time is kept")
+    args = ap.parse_args()
+    run = Path(args.run)
+    if not (run / "models" / "classifier.json").exists():
+        raise SystemExit(f"no models in {run}; run `calib run --dataset mnist --data-dir {args.data_dir}` first")
+    import torchattacks
+
+    ds = load_dataset("mnist", args.data_dir)
+    test = split_dataset(ds, seed=0).test
+    f, _ = load_model(run / "models" / "classifier.json")
+    g, _ = load_model(run / "models" / "embedding.json")
+    x, y = torch.from_numpy(test.images), torch.from_numpy(test.labels)
+    eps, steps, b = 0.3, args.steps, args.batch
+
+    def ours(eps):
+        return torch.cat([pgd(ClassifierLoss(f, y[s:s + b]), x[s:s + b], eps, "linf", steps=steps,
+                              rel_step=2.5 / steps, seed=s).success for s in range(0, len(y), b)])
+
+    def theirs(eps):
+        torch.manual_seed(0)
+        atk = torchattacks.PGD(f, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+        advs = [atk(x[s:s + b], y[s:s + b]) for s in range(0, len(y), b)]
+        with torch.no_grad():
+            return torch.cat([f(a).argmax(1) for a in advs]) != y
+
+    pgd(ClassifierLoss(f, y[:64]), x[:64], 0.3, "linf", steps=2)  # warm-up
+    print(f"MNIST test part: {len(y)} images, PGD Linf, {steps} steps, alpha = 2.5 eps / steps, random start; "
+          f"times are the best of {args.reps} alternating runs")
+    for eps in (0.1, 0.3):
+        t_o, t_t = [], []
+        for _ in range(args.reps):
+            s_ours, t = timed(lambda: ours(eps))
+            t_o.append(t)
+            s_theirs, t = timed(lambda: theirs(eps))
+            t_t.append(t)
+        so, st = s_ours.float().mean(), s_theirs.float().mean()
+        print(f"  eps={eps}: calib success {so:.4f} {len(y) / min(t_o):6.1f} img/s | torchattacks success {st:.4f} "
+              f"{len(y) / min(t_t):6.1f} img/s | difference {100 * (so - st):+.2f} pp | throughput ratio "
+              f"calib/torchattacks x{min(t_t) / min(t_o):.2f}")
+
+    table = load_table(run / "eps_table.json")
+    eps_emb = table.eps_for(y, "embedding", "l2").view(-1)
+    step = 0.01
+
+    def plain():
+        return [pgd(ClassifierLoss(f, y[s:s + b]), x[s:s + b], eps, "linf", steps=steps, step_size=step,
+                    random_start=False) for s in range(0, len(y), b)]
+
+    _, t_plain = timed(plain)
+    print(f"embedding-projected PGD vs plain PGD, {steps} steps of {step} (Linf cap {eps}), per-class eps_emb:")
+    print(f"  {'plain PGD':<34} {t_plain:6.1f} s")
+    variants = [("bisection", {"segment": "previous", "iters": 1}), ("bisection", {"segment": "clean", "iters": 3}),
+                ("newton", {"newton_iters": 1}), ("newton", {"newton_iters": 2})]
+    for method, kw in variants:
+        res, t = timed(lambda: [embedding_pgd(f, g, x[s:s + b], y[s:s + b], eps_emb[s:s + b], cap=eps, method=method,
+                                              steps=steps, step_size=step, **kw) for s in range(0, len(y), b)])
+        act = sum(r.info["projection"]["active"] for r in res) / sum(r.info["projection"]["candidates"] for r in res)
+        fwd = sum(r.info["projection"]["g_forward"] for r in res) / sum(r.info["projection"]["candidates"] for r in res)
+        fb = sum(r.info["projection"]["newton_fallback"] for r in res)
+        succ = torch.cat([r.success for r in res]).float().mean()
+        label = f"{method} {' '.join(f'{k}={v}' for k, v in kw.items())}"
+        print(f"  {label:<34} {t:6.1f} s  x{t / t_plain:.2f} of plain | projection active {act:.1%} of steps, "
+              f"{fwd:.2f} g-forwards per sample-step, newton fallbacks {fb} | success {succ:.4f}")
+
+
+if __name__ == "__main__":
+    main()
