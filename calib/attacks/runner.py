@@ -14,7 +14,7 @@ from torch import nn
 from calib.attacks.embedding_pgd import embedding_pgd
 from calib.attacks.invariants import perturbation_norms
 from calib.attacks.objectives import ClassifierLoss, EmbeddingShift
-from calib.attacks.pgd import fgsm, pgd, resolve_eps
+from calib.attacks.pgd import fgsm, pgd
 from calib.errors import ConfigError
 from calib.io import atomic_path, write_json
 from calib.progress import progress
@@ -136,4 +136,4 @@ def save_attack(result: dict[str, Any], folder: str | os.PathLike[str], name: st
     return folder / f"{name}.json"
 
 
-__all__ = ["AttackSpec", "run_attack", "save_attack", "ATTACKS", "resolve_eps"]
+__all__ = ["AttackSpec", "run_attack", "save_attack", "ATTACKS"]

@@ -16,7 +16,8 @@ from torch import nn
 from calib.attacks.invariants import check_ball
 from calib.budgets.table import EpsTable
 from calib.errors import ConfigError
-from calib.interop.common import eval_mode, model_device, require
+from calib.attacks.pgd import eval_mode
+from calib.interop.common import model_device, require
 
 NORMS = {"linf": np.inf, "l2": 2, "l1": 1}
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from calib.budgets.table import EpsTable
 from calib.errors import ConfigError
-from calib.interop.common import as_tensors, eval_mode, model_device, per_class, require
+from calib.attacks.pgd import eval_mode
+from calib.interop.common import as_tensors, model_device, per_class, require
 
 NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 

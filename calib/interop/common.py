@@ -1,8 +1,7 @@
 """What every adapter shares: per-class grouping for scalar-epsilon libraries, mode handling, checks."""
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,17 +19,6 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(f"this adapter needs {module!r}: pip install {extra}") from exc
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the attack and restore its previous mode afterwards."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
 
 
 def as_tensors(images, labels, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
