@@ -285,7 +285,8 @@ def attack(run_dir: Optional[Path] = typer.Option(None, "--run", help="Run folde
         raise ConfigError(f"unknown split {split!r}; choose {', '.join(PARTS)}")
     dev = resolve_device(device)
     ds = load_dataset(dataset, data_dir)
-    part = getattr(split_dataset(ds, seed=seed), split)
+    splits = split_dataset(ds, seed=seed)
+    part = getattr(splits, split)
     images, labels = part.images[: n or None], part.labels[: n or None]
     if name == "probe":
         from calib.attacks.probe import class_mixing_probe
@@ -306,7 +307,7 @@ def attack(run_dir: Optional[Path] = typer.Option(None, "--run", help="Run folde
         table = load_table(table_path or folder / "eps_table.json")
         table.check_fingerprint(ds.fingerprint)
     clf, clf_cfg = load_model(folder / "models" / "classifier.json", dev)
-    check_model_data(clf_cfg, ds, split_dataset(ds, seed=seed), "classifier")
+    check_model_data(clf_cfg, ds, splits, "classifier")
     emb = None
     if name in ("embedding-pgd", "shift"):
         emb, _ = load_model(folder / "models" / "embedding.json", dev)

@@ -7,11 +7,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -54,6 +57,22 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
     with atomic_open(path, "w") as fh:
         fh.write(text + "\n")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain-JSON form of results: numpy arrays/scalars -> Python, tuples -> lists, dict keys -> str,
+    NaN/inf -> None (``write_json`` refuses non-finite floats; exact values live in the arrays)."""
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    return obj
 
 
 def read_json(path: str | os.PathLike[str], error: type[Exception], what: str) -> Any:

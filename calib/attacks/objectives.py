@@ -16,8 +16,6 @@ from calib.errors import ConfigError
 class ClassifierLoss:
     """Untargeted classifier objective on f (logits), cross-entropy (``ce``) or margin (``margin``)."""
 
-    has_success = True
-
     def __init__(self, model: nn.Module, labels: torch.Tensor, kind: str = "ce") -> None:
         if kind not in ("ce", "margin"):
             raise ConfigError(f"unknown classifier loss {kind!r}; choose ce or margin")
@@ -48,8 +46,6 @@ class ClassifierLoss:
 
 class EmbeddingShift:
     """``||g(x') - g(x)||_2`` for an embedding g; the clean embeddings are computed once."""
-
-    has_success = False
 
     def __init__(self, embedding: nn.Module, x: torch.Tensor) -> None:
         self.embedding = embedding

@@ -81,7 +81,7 @@ def semantic_budget(embedding: nn.Module, x: np.ndarray, y: np.ndarray, eps_emb:
     lo = np.zeros(k)
     with progress(show_progress) as bar:
         task = bar.add_task(f"semantic {norm}", total=iters + 1, status="")
-        share_hi, ok_hi = share_ok(hi)
+        share_hi, _ = share_ok(hi)
         censored = share_hi >= 1 - q
         lo[censored] = hi[censored]
         bar.advance(task)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from calib.errors import CalibError
-from calib.io import atomic_open, read_json, write_json
+from calib.io import atomic_open, read_json, to_jsonable, write_json
 
 SCHEMA = "calib-eps-table"
 VERSION = 1
@@ -74,9 +74,6 @@ class EpsTable:
     @property
     def fingerprint(self) -> str:
         return self.dataset["fingerprint"]
-
-    def keys(self) -> list[tuple[str, str]]:
-        return [tuple(k.split("/")) for k in self.budgets]  # type: ignore[misc]
 
     def eps(self, space: str = "input", norm: str = "linf") -> np.ndarray:
         """Per-class epsilons (K,) float64 for one space and norm."""
@@ -252,20 +249,9 @@ def validate(doc: Any, where: str = "eps table") -> None:
 
 def table_from_budgets(*, dataset: dict[str, Any], policy: dict[str, Any], budgets: dict[str, Any],
                        provenance: dict[str, Any], baselines: dict[str, Any] | None = None) -> EpsTable:
-    """Build a table from numpy results (arrays become lists; NaN coverage -> None is refused)."""
-    def listify(obj: Any) -> Any:
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-        if isinstance(obj, dict):
-            return {str(k): listify(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return [listify(v) for v in obj]
-        if isinstance(obj, (np.floating, np.integer)):
-            return obj.item()
-        return obj
-
-    return EpsTable(listify(dataset), listify(policy), listify(budgets), listify(provenance),
-                    listify(baselines or {}))
+    """Build a table from numpy results (via :func:`calib.io.to_jsonable`; a non-finite eps is refused)."""
+    return EpsTable(to_jsonable(dataset), to_jsonable(policy), to_jsonable(budgets), to_jsonable(provenance),
+                    to_jsonable(baselines or {}))
 
 
 def load_table(path: str | os.PathLike[str]) -> EpsTable:

@@ -25,7 +25,7 @@ import numpy as np
 
 from calib.data import PARTS, Dataset, Splits
 from calib.errors import ConfigError, DataError
-from calib.io import atomic_path, write_json
+from calib.io import atomic_path, to_jsonable, write_json
 from calib.models.artefact import versions
 from calib.progress import progress
 from calib.stats.neighbours import NORMS, SameDiff, same_diff
@@ -163,7 +163,7 @@ class Stats:
         with atomic_path(folder / "stats.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **arrays)
-        write_json(folder / "stats.json", _jsonable(self.summary()))
+        write_json(folder / "stats.json", to_jsonable(self.summary()))
         return folder / "stats.json"
 
     @classmethod
@@ -198,17 +198,6 @@ class Stats:
             out.pairs[(space, norm, pair)] = PairStats(arrays[key + "query_labels"], arrays[key + "query_indices"],
                                                        arrays[key + "reference_indices"], nn)
         return out
-
-
-def _jsonable(obj: Any) -> Any:
-    """NaN/inf -> None so the JSON is valid (the npz keeps the exact values)."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 def _part(splits: Splits, dataset: Dataset, name: str) -> np.ndarray:
