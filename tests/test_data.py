@@ -217,3 +217,10 @@ def test_dataset_constructor_validates():
         Dataset("x", img, np.array([0, 0, 1, 2]), ("a", "b"), "f")
     with pytest.raises(DataError, match="unique"):
         Dataset("x", img, np.array([0, 0, 1, 1]), ("a", "a"), "f")
+
+
+def test_npz_truncated_is_not_blamed_on_pickle(tmp_path):
+    p = tmp_path / "t.npz"
+    p.write_bytes(b"x")
+    with pytest.raises(DataError, match="no zip signature"):
+        load_dataset(str(p))

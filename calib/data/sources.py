@@ -140,6 +140,9 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
     """Load ``X``, ``y`` and optional ``class_names`` from a ``.npz`` file (``allow_pickle=False``)."""
     path = Path(path)
     try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":  # otherwise np.load falls back to pickle and blames that
+                raise DataError(f"{path}: not a readable .npz file (no zip signature; truncated or not an npz)")
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError as exc:
