@@ -145,6 +145,8 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
                 raise DataError(f"{path}: not a readable .npz file (no zip signature; truncated or not an npz)")
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
+    except DataError:
+        raise
     except FileNotFoundError as exc:
         raise DataError(f"npz file not found: {path}") from exc
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
