@@ -222,5 +222,6 @@ def test_dataset_constructor_validates():
 def test_npz_truncated_is_not_blamed_on_pickle(tmp_path):
     p = tmp_path / "t.npz"
     p.write_bytes(b"x")
-    with pytest.raises(DataError, match="^[^(]*no zip signature"):
+    with pytest.raises(DataError, match="no zip signature") as err:
         load_dataset(str(p))
+    assert "pickled" not in str(err.value)
