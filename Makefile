@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.calib-installed
 RUN_ARGS ?=
 
-.PHONY: run test install clean
+.PHONY: run test install clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/calib run --dataset digits $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# the report tests render report.html in headless Chromium (Debian package); skipped if unavailable
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1)) || \
+	  echo "chromium could not be installed: browser tests will be skipped"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -125,32 +125,144 @@ def train_embedding_cmd(dataset: str = DatasetOpt, data_dir: Optional[Path] = Da
                   f"{out / 'embedding.json'}")
 
 
-@app.command()
-def run(dataset: str = DatasetOpt, data_dir: Optional[Path] = DataDirOpt, download: bool = DownloadOpt,
-        out: Optional[Path] = typer.Option(None, "--out", help="Run folder. Default: reports/<dataset>-seed<seed>."),
-        epochs: int = EpochsOpt, seed: int = SeedOpt, device: str = DeviceOpt,
-        no_progress: bool = NoProgressOpt) -> None:
-    """The main job: split, train classifier and embedding, statistics, budgets, eps table."""
-    from calib.pipeline import RunConfig, run as run_pipeline
+RUN_FLAGS = {"dataset": "dataset", "data_dir": "data_dir", "download": "download", "out": "out", "name": "name",
+             "seed": "seed", "device": "device", "q": "q", "s": "s", "rule": "rule"}
 
-    cfg = RunConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, download=download,
-                    out=str(out) if out else None, seed=seed, device=device, classifier_epochs=epochs,
-                    embedding_epochs=epochs, progress=not no_progress)
-    summary = run_pipeline(cfg)
-    table = Table("model", "held-out metric", "value", "weights sha256", "seconds")
-    c, e = summary["models"]["classifier"], summary["models"]["embedding"]
-    table.add_row("classifier", "accuracy", f"{c['metrics']['test_accuracy']:.4f}", c["weights_sha256"][:16],
-                  f"{c['seconds']:.1f}")
-    table.add_row("embedding", "precision@1", f"{e['metrics']['test_precision_at_1']:.4f}",
-                  e["weights_sha256"][:16], f"{e['seconds']:.1f}")
-    table.add_row("", "MAP@R", f"{e['metrics']['test_map_at_r']:.4f}", "", "")
+
+@app.command()
+def run(ctx: typer.Context,
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML or YAML file with run options "
+                                              "(names as in calib.pipeline.RunConfig); flags given here win."),
+        dataset: str = DatasetOpt, data_dir: Optional[Path] = DataDirOpt, download: bool = DownloadOpt,
+        out: Optional[Path] = typer.Option(None, "--out", help="Run folder. Default: reports/<name>."),
+        name: Optional[str] = typer.Option(None, "--name", help="Run name. Default: <dataset>-seed<seed>."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs of every model "
+                                             "(default 20)."),
+        seed: int = SeedOpt, device: str = DeviceOpt,
+        q: float = typer.Option(0.05, "--q", help="Quantile level of the budgets."),
+        s: float = typer.Option(1.0, "--s", help="Safety factor of the budgets."),
+        rule: str = typer.Option("quantile", "--rule", help="quantile (DESIGN's formula) or coverage."),
+        attack_n: Optional[int] = typer.Option(None, "--attack-n", min=1, help="Attack at most this many test "
+                                               "examples (stratified). Default: all."),
+        no_attacks: bool = typer.Option(False, "--no-attacks", help="Stop after the epsilon table."),
+        no_report: bool = typer.Option(False, "--no-report", help="Do not write report.html."),
+        fresh: bool = typer.Option(False, "--fresh", help="Ignore cached stages and recompute everything."),
+        no_progress: bool = NoProgressOpt) -> None:
+    """The main job: models, statistics, budgets, attacks, audit, report (stages cached and resumable)."""
+    import dataclasses
+    import shutil
+
+    from click.core import ParameterSource
+
+    from calib.pipeline import load_run_config, run as run_pipeline, run_config_from_mapping
+
+    given = {k: v for k, v in ctx.params.items()
+             if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    overrides = {RUN_FLAGS[k]: (str(v) if isinstance(v, Path) else v) for k, v in given.items() if k in RUN_FLAGS}
+    if "epochs" in given:
+        overrides |= {"classifier_epochs": epochs, "embedding_epochs": epochs}
+    if no_report:
+        overrides["report"] = False
+    if no_progress:
+        overrides["progress"] = False
+    cfg = load_run_config(config, overrides) if config else run_config_from_mapping(overrides, "options")
+    if no_attacks:
+        cfg = dataclasses.replace(cfg, attack=None)
+    if attack_n is not None:
+        if cfg.attack is None:
+            raise typer.BadParameter("--attack-n needs the attacks (drop --no-attacks)")
+        cfg = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, n=attack_n))
+    if fresh and (cfg.run_dir() / "cache").exists():
+        shutil.rmtree(cfg.run_dir() / "cache")
+
+    def on_stage(stage: str, event: str, rec) -> None:
+        if event == "reused":
+            console.print(f"[dim]· {stage}: cached ({rec.seconds:.1f} s when computed)[/]")
+        elif event == "start":
+            console.print(f"[bold]▶ {stage}[/]")
+        else:
+            console.print(f"[green]✓ {stage}[/] {rec.seconds:.1f} s")
+
+    summary = run_pipeline(cfg, on_stage=on_stage)
+    table = Table("model", "held-out metric", "value", "weights sha256")
+    for key, label in (("classifier", "accuracy"), ("embedding", "precision@1"), ("embedding2", "precision@1")):
+        m = summary["models"].get(key)
+        if m:
+            metric = "test_accuracy" if key == "classifier" else "test_precision_at_1"
+            table.add_row(key, label, f"{m['metrics'][metric]:.4f}", m["weights_sha256"][:16])
     console.print(f"[bold]{summary['dataset']['name']}[/] fingerprint {summary['dataset']['fingerprint'][:16]}…, "
-                  f"seed {seed}")
+                  f"seed {cfg.seed}", markup=True, highlight=False)
     console.print(table)
     from calib.budgets import load_table
 
-    _print_table(load_table(summary["eps_table"]["path"]))
-    console.print(f"written to {cfg.run_dir()}/ in {summary['seconds']:.1f} s")
+    _print_table(load_table(summary["eps_table"]))
+    if summary["attacks"]:
+        t = Table("attack", "budget", "success", "valid")
+        for k, a in summary["attacks"].items():
+            t.add_row(k, a["budget"], f"{a['success_rate']:.3f}", f"{a['valid_rate']:.3f}")
+        console.print(t)
+    reused = sum(v["reused"] for v in summary["stages"].values())
+    console.print(f"written to {cfg.run_dir()}/ in {summary['seconds']:.1f} s "
+                  f"({reused}/{len(summary['stages'])} stages cached)"
+                  + (f"; report: {summary['report']}" if summary["report"] else ""))
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run folder written by `calib run`."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Default: <run>/report.html."),
+           check: bool = typer.Option(False, "--check", help="Load the report in headless Chromium: fail on "
+                                      "console errors or figures that did not render."),
+           screenshots: Optional[Path] = typer.Option(None, "--screenshots", help="Write one PNG per section "
+                                                      "into this folder (headless Chromium).")) -> None:
+    """(Re)build the HTML report of a run folder; optionally check it in a browser and screenshot it."""
+    from calib.report import SECTIONS, write_report
+    from calib.report.browser import BrowserError, check_page, screenshot_sections
+
+    path = write_report(run_dir, out)
+    console.print(f"report written to {path}")
+    if check:
+        result = check_page(path)
+        if not result.ok:
+            raise BrowserError(f"{path}: " + "; ".join(result.problems()))
+        console.print(f"chromium: {len(result.figures)} figures rendered, no console errors, nothing fetched")
+    if screenshots is not None:
+        shots = screenshot_sections(path, screenshots, [sid for sid, _ in SECTIONS])
+        console.print(f"{len(shots)} screenshots in {screenshots}")
+
+
+@app.command("audit")
+def audit_cmd(run_dir: Path = typer.Argument(..., help="A run folder with attacks/ and audit/ (from `calib run`)."),
+              as_json: bool = typer.Option(False, "--json", help="Print the audit summaries as JSON.")) -> None:
+    """Print the audit of every attack in a run folder: per attack and class, the verdict rates."""
+    from calib.audit import AuditResult
+    from calib.errors import DataError
+
+    files = sorted((run_dir / "audit").glob("*.json"))
+    if not files:
+        raise DataError(f"{run_dir} has no audit/ results; run `calib run` (with attacks) first")
+    names = json.loads((run_dir / "stats.json").read_text(encoding="utf-8"))["dataset"]["class_names"]
+    results = {p.stem: AuditResult.load(run_dir / "audit", p.stem) for p in files}
+    if as_json:
+        console.print_json(json.dumps({k: _jsonable(a.summary(names)) for k, a in results.items()}))
+        return
+    for k, a in results.items():
+        t = Table("class", "n", "success", "perceptible", "class changed", "interpolated", "VALID", title=k)
+        for c, n in enumerate(names):
+            m = a.arrays["labels"] == c
+            if m.any():
+                r = a.rates(m)
+                t.add_row(n, str(r["n"]), *(f"{r[f + '_rate']:.3f}" for f in
+                                            ("success", "perceptible", "class_changed", "interpolated", "valid")))
+        r = a.rates()
+        t.add_row("all", str(r["n"]), *(f"{r[f + '_rate']:.3f}" for f in
+                                        ("success", "perceptible", "class_changed", "interpolated", "valid")))
+        console.print(t)
+
+
+def _jsonable(obj):
+    from calib.io import to_jsonable
+
+    return to_jsonable(obj)
 
 
 def _csv(value: str, what: str) -> tuple[str, ...]:

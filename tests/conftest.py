@@ -74,3 +74,28 @@ def digits_table(digits, digits_splits):
     stats = compute_stats(digits, digits_splits, StatsConfig(embedding=False, matrix_modes=("sampled",)),
                           show_progress=False)
     return geometric_table(stats)
+
+
+# ---- a tiny complete `calib run` on digits, shared by the pipeline and report tests -------------------
+from calib.pipeline import AttackConfig, SemanticConfig  # noqa: E402
+
+TINY = dict(classifier_epochs=3, embedding_epochs=3, tsne_points=300, progress=False,
+            semantic=SemanticConfig(norms=("linf",), iters=3, steps=3),
+            attack=AttackConfig(n=80, steps=5))
+
+
+def tiny(tmp: Path, **kw):
+    from calib.pipeline import RunConfig
+
+    return RunConfig(out=str(tmp), **{**TINY, **kw})
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A complete run on digits with few epochs and steps (~20 s); returns (folder, summary)."""
+    out = tmp_path_factory.mktemp("run")
+    from calib.pipeline import run
+
+    return out, run(tiny(out))
+
+

@@ -1,0 +1,200 @@
+"""The audit: is each adversarial example a *fair* one (DESIGN.md)?
+
+For every attacked x -> x' with label y, classifier f and embeddings g (and g2, trained
+independently with another seed and split):
+
+* ``success``: f(x') != y;
+* perceptibility (:mod:`calib.audit.perceptibility`): L-inf, L2, L0, background changes and the
+  trivial detector, SSIM; ``perceptible`` = SSIM < ``ssim_min`` (or, with
+  ``detector_in_verdict``, also any background change);
+* ``class_changed``: the k-NN label of g(x') over the reference set is not y, for any embedding
+  (each embedding's verdict is kept as ``knn_<name>``; the clean point's k-NN label too);
+* ``interpolated``: x' is closer to another same-class reference image than to x
+  (in the attack's norm), and ``ball_has_wrong``: the attack's budget ball around x contains a
+  same-class reference image f misclassifies;
+* ``valid`` = success and not perceptible and not class-changed and not interpolated.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from calib.audit.interpolation import ball_has_wrong, interpolation
+from calib.audit.knn import knn_labels
+from calib.audit.perceptibility import ONE_LEVEL, perceptibility
+from calib.errors import ConfigError, DataError
+from calib.io import atomic_path, to_jsonable, write_json
+from calib.models.infer import forward_batched
+
+FLAGS = ("success", "perceptible", "detected", "class_changed", "interpolated", "ball_has_wrong", "valid")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Thresholds of the verdict.
+
+    Attributes:
+        k: neighbours voting for the embedding label.
+        ssim_min: an example with SSIM below this is perceptible.
+        tol: a pixel changed by more than ``tol`` counts (L0, background).
+        detector_in_verdict: also call every example the trivial background detector flags perceptible.
+    """
+
+    k: int = 5
+    ssim_min: float = 0.9
+    tol: float = ONE_LEVEL
+    detector_in_verdict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"audit k must be >= 1; got {self.k}")
+        if not 0 <= self.ssim_min <= 1:
+            raise ConfigError(f"ssim_min must lie in [0, 1]; got {self.ssim_min}")
+
+
+@dataclass
+class Reference:
+    """The reference set the audit compares against (normally the training part).
+
+    ``images`` (R, C, H, W) in [0,1], ``labels`` (R,), ``wrong`` (R,) where the classifier errs,
+    ``embeddings[name]`` (R, d) per embedding model.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    wrong: np.ndarray
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def flat(self) -> np.ndarray:
+        return self.images.reshape(len(self.images), -1)
+
+
+def build_reference(classifier: nn.Module, embeddings: dict[str, nn.Module], images: np.ndarray,
+                    labels: np.ndarray, device: str | torch.device = "cpu") -> Reference:
+    """Classifier errors and embeddings of the reference images."""
+    pred = forward_batched(classifier, images, device=device).argmax(1).numpy()
+    embs = {name: forward_batched(g, images, device=device).numpy() for name, g in embeddings.items()}
+    return Reference(images, labels.astype(np.int64), pred != labels, embs)
+
+
+@dataclass
+class AuditResult:
+    """Per-example audit arrays (all (N,)) and the audit's settings."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    def rates(self, mask: np.ndarray | None = None) -> dict[str, Any]:
+        a = self.arrays
+        m = np.ones(len(a["labels"]), bool) if mask is None else mask
+        n = int(m.sum())
+        out: dict[str, Any] = {"n": n}
+        for f in FLAGS:
+            out[f"{f}_rate"] = float(a[f][m].mean()) if n else float("nan")
+        succ = m & a["success"]
+        out["valid_among_successes"] = float(a["valid"][succ].mean()) if succ.any() else float("nan")
+        for key in ("linf", "l2", "l0", "background_share", "ssim"):
+            out[f"mean_{key}"] = float(a[key][m].mean()) if n else float("nan")
+        for name in self.meta["embeddings"]:
+            out[f"class_changed_{name}_rate"] = float((a[f"knn_{name}"][m] != a["labels"][m]).mean()) if n else float("nan")
+        return out
+
+    def summary(self, class_names: list[str] | tuple[str, ...]) -> dict[str, Any]:
+        y = self.arrays["labels"]
+        return {**self.meta, "overall": self.rates(),
+                "per_class": {name: self.rates(y == c) for c, name in enumerate(class_names) if (y == c).any()}}
+
+    def save(self, folder: str | os.PathLike[str], name: str, class_names: list[str] | tuple[str, ...]) -> Path:
+        """``<name>.npz`` (arrays, no pickle) and ``<name>.json`` (summary), written atomically."""
+        folder = Path(folder)
+        with atomic_path(folder / f"{name}.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **self.arrays)
+        write_json(folder / f"{name}.json", to_jsonable(self.summary(class_names)))
+        return folder / f"{name}.json"
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], name: str) -> "AuditResult":
+        folder = Path(folder)
+        try:
+            doc = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+            with np.load(folder / f"{name}.npz", allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{folder / name}: unreadable audit ({exc})") from exc
+        meta = {k: v for k, v in doc.items() if k not in ("overall", "per_class")}
+        return cls(arrays, meta)
+
+
+def audit(x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, pred_adv: np.ndarray, *, norm: str,
+          eps: np.ndarray, reference: Reference, embeddings: dict[str, nn.Module],
+          config: AuditConfig = AuditConfig(), ball_space: str = "input", num_classes: int | None = None,
+          device: str | torch.device = "cpu") -> AuditResult:
+    """Audit one attack's outputs.
+
+    Args:
+        x, x_adv: (N, C, H, W) clean and adversarial images in [0,1]; labels: (N,) true labels;
+        pred_adv: (N,) the classifier's predictions on ``x_adv``.
+        norm: input norm of the attack's threat model (``linf``/``l2``), used for interpolation
+            and for the budget ball when ``ball_space == "input"``.
+        eps: (N,) the budget each example was attacked under (input radius, or embedding radius
+            when ``ball_space == "embedding"``, i.e. embedding-projected PGD: the ball is then
+            measured with the first embedding).
+        reference: the reference set (its embeddings must include every name in ``embeddings``).
+        embeddings: name -> embedding model; the first is g, the rest are the independent checks.
+    """
+    n = len(labels)
+    if x.shape != x_adv.shape or len(x) != n or len(pred_adv) != n or len(eps) != n:
+        raise DataError(f"audit inputs disagree in length: x {x.shape}, x_adv {x_adv.shape}, labels {n}, "
+                        f"predictions {len(pred_adv)}, eps {len(eps)}")
+    if not embeddings:
+        raise ConfigError("the audit needs at least one embedding")
+    missing = [k for k in embeddings if k not in reference.embeddings]
+    if missing:
+        raise ConfigError(f"reference set has no embeddings for {missing}")
+    if ball_space not in ("input", "embedding"):
+        raise ConfigError(f"ball_space must be input or embedding; got {ball_space!r}")
+    labels = labels.astype(np.int64)
+    k_classes = int(num_classes if num_classes is not None else max(labels.max(), reference.labels.max()) + 1)
+    arrays: dict[str, np.ndarray] = {"labels": labels, "pred_adv": pred_adv.astype(np.int64),
+                                     "eps": np.asarray(eps, np.float64), "success": pred_adv != labels}
+    arrays |= perceptibility(x, x_adv, config.tol)
+    perceptible = arrays["ssim"] < config.ssim_min
+    if config.detector_in_verdict:
+        perceptible = perceptible | arrays["detected"]
+    arrays["perceptible"] = perceptible
+    changed = np.zeros(n, bool)
+    emb_clean = {}
+    for name, g in embeddings.items():
+        e_adv = forward_batched(g, x_adv, device=device).numpy()
+        e_clean = forward_batched(g, x, device=device).numpy()
+        emb_clean[name] = e_clean
+        arrays[f"knn_{name}"] = knn_labels(e_adv, reference.embeddings[name], reference.labels, config.k, k_classes)
+        arrays[f"knn_clean_{name}"] = knn_labels(e_clean, reference.embeddings[name], reference.labels, config.k,
+                                                 k_classes)
+        arrays[f"shift_{name}"] = np.linalg.norm(e_adv - e_clean, axis=1)
+        changed |= arrays[f"knn_{name}"] != labels
+    arrays["class_changed"] = changed
+    flat_x, flat_adv = x.reshape(n, -1), x_adv.reshape(n, -1)
+    inter = interpolation(flat_x, flat_adv, labels, reference.flat, reference.labels, norm)
+    arrays |= {"dist_to_x": inter["dist_to_x"], "dist_to_same": inter["dist_to_same"],
+               "nearest_same": inter["nearest_same"], "interpolated": inter["interpolated"]}
+    if ball_space == "input":
+        ball = ball_has_wrong(flat_x, labels, eps, reference.flat, reference.labels, reference.wrong, norm)
+    else:
+        first = next(iter(embeddings))
+        ball = ball_has_wrong(emb_clean[first], labels, eps, reference.embeddings[first], reference.labels,
+                              reference.wrong, "l2")
+    arrays |= {"dist_to_wrong": ball["dist_to_wrong"], "ball_has_wrong": ball["has_wrong"]}
+    arrays["valid"] = arrays["success"] & ~perceptible & ~changed & ~arrays["interpolated"]
+    meta = {"config": asdict(config), "norm": norm, "ball_space": ball_space, "embeddings": list(embeddings),
+            "reference_size": int(len(reference.labels)), "reference_misclassified": int(reference.wrong.sum())}
+    return AuditResult(arrays, meta)

@@ -1,0 +1,211 @@
+"""Options of ``calib run`` (:class:`RunConfig`) and the TOML/YAML config file that can replace flags.
+
+A config file holds the same names as :class:`RunConfig`'s fields, with the nested sections
+``[semantic]`` (:class:`SemanticConfig`), ``[attack]`` (:class:`AttackConfig`) and ``[audit]``
+(:class:`calib.audit.AuditConfig`). Unknown keys are errors, so a typo never silently falls back
+to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calib.audit import AuditConfig
+from calib.data import DEFAULT_FRACTIONS
+from calib.errors import ConfigError
+
+
+def default_run_name(dataset: str, seed: int) -> str:
+    stem = Path(dataset).stem if dataset.endswith(".npz") else dataset
+    return f"{stem}-seed{seed}"
+
+
+def default_run_dir(dataset: str, seed: int) -> Path:
+    return Path("reports") / default_run_name(dataset, seed)
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    """Semantic-budget search: norms, bisection steps, embedding-shift PGD steps and restarts."""
+
+    norms: tuple[str, ...] = ("linf", "l2")
+    iters: int = 7
+    steps: int = 10
+    restarts: int = 1
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The three attacks of the headline, all on the test part.
+
+    Attributes:
+        norms: input norms attacked (``linf`` and/or ``l2``).
+        global_eps: the customary global budget per norm (``linf`` 0.3, ``l2`` 2.0).
+        steps, restarts: PGD settings of every attack (step = 2.5 eps / steps).
+        embedding_cap: input cap (in each norm) of embedding-projected PGD, by default the global
+            budget (``None`` = that; a number overrides it for every norm).
+        embedding_step: absolute input step of embedding-projected PGD, relative to the cap
+            (``2.5 cap / steps`` if ``None``).
+        projection, newton_iters: embedding projection (Newton with 2 steps: the strong setting).
+        n: attack at most this many test examples (stratified by class, seeded); ``None`` = all.
+        probe_eps: the class-mixing probe's L-inf radius.
+    """
+
+    norms: tuple[str, ...] = ("linf",)
+    global_eps: dict[str, float] = field(default_factory=lambda: {"linf": 0.3, "l2": 2.0})
+    steps: int = 20
+    restarts: int = 1
+    embedding_cap: float | None = None
+    embedding_step: float | None = None
+    projection: str = "newton"
+    newton_iters: int = 2
+    n: int | None = None
+    probe_eps: float = 0.3
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.norms if n not in ("linf", "l2")]
+        if bad or not self.norms:
+            raise ConfigError(f"attack norms must be linf and/or l2; got {list(self.norms)}")
+        missing = [n for n in self.norms if n not in self.global_eps]
+        if missing:
+            raise ConfigError(f"attack.global_eps has no value for {missing}")
+        if self.steps < 1 or self.restarts < 1 or (self.n is not None and self.n < 1):
+            raise ConfigError("attack steps, restarts and n must be >= 1")
+        if self.projection not in ("bisection", "newton"):
+            raise ConfigError(f"attack.projection must be bisection or newton; got {self.projection!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Options of the main job; defaults are the README quick start on digits."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    out: str | None = None
+    name: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    classifier_epochs: int = 20
+    embedding_epochs: int = 20
+    second_embedding: bool = True
+    embedding_dim: int = 64
+    margin: float = 0.2
+    miner: str = "semihard"
+    q: float = 0.05
+    s: float = 1.0
+    rule: str = "quantile"
+    pair: str = "calibration-train"
+    matrix_modes: tuple[str, ...] = ("sampled", "exact")
+    semantic: SemanticConfig | None = field(default_factory=SemanticConfig)
+    attack: AttackConfig | None = field(default_factory=AttackConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    report: bool = True
+    tsne_points: int = 2000
+    gallery_per_class: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Validate every option up front, so a bad one fails before anything is computed or written."""
+        from calib.budgets import Policy
+        from calib.stats import StatsConfig
+
+        if self.classifier_epochs < 1 or self.embedding_epochs < 1:
+            raise ConfigError("epochs must be >= 1")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0; got {self.seed}")
+        if self.miner not in ("semihard", "hard", "all"):
+            raise ConfigError(f"unknown miner {self.miner!r}; choose semihard, hard or all")
+        if self.embedding_dim < 1 or not self.margin > 0:
+            raise ConfigError("embedding_dim must be >= 1 and margin > 0")
+        if self.tsne_points < 10 or self.gallery_per_class < 1:
+            raise ConfigError("tsne_points must be >= 10 and gallery_per_class >= 1")
+        Policy(q=self.q, s=self.s, rule=self.rule)
+        StatsConfig(pairs=(self.pair,), matrix_modes=tuple(self.matrix_modes))
+
+    def run_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        return Path("reports") / (self.name or default_run_name(self.dataset, self.seed))
+
+
+_NESTED = {"semantic": SemanticConfig, "attack": AttackConfig, "audit": AuditConfig}
+
+
+def _coerce(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a table/mapping; got {type(values).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    kwargs = {}
+    for k, v in values.items():
+        if isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def run_config_from_mapping(values: dict[str, Any], where: str = "config") -> RunConfig:
+    """A :class:`RunConfig` from a plain mapping (nested sections as mappings; ``false`` turns
+    ``semantic``/``attack`` off)."""
+    values = dict(values)
+    for key, cls in _NESTED.items():
+        if key in values:
+            v = values[key]
+            if v is False or v is None:
+                if key == "audit":
+                    raise ConfigError(f"{where}: audit cannot be turned off")
+                values[key] = None
+            else:
+                values[key] = _coerce(cls, v, f"{where} [{key}]")
+    return _coerce(RunConfig, values, where)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a ``.toml`` or ``.yaml``/``.yml`` run config into a mapping (not yet validated)."""
+    path = Path(path)
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: config files must end in .toml, .yaml or .yml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable config file ({exc})") from exc
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+    elif path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:  # pragma: no cover - pyyaml is a declared dependency
+            raise ImportError("YAML config files need PyYAML: pip install pyyaml") from exc
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from exc
+    else:
+        raise ConfigError(f"{path}: config files must end in .toml, .yaml or .yml")
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a run config must be a mapping of option names to values")
+    return doc
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a config file; ``overrides`` (e.g. flags given on the command line) win."""
+    doc = read_config_file(path) | (overrides or {})
+    return run_config_from_mapping(doc, str(path))

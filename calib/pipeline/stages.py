@@ -1,0 +1,85 @@
+"""Stage functions shared by ``calib run`` and the single-stage commands (``calib stats``,
+``calib budgets``, ``calib attack``): each takes artefacts, checks they belong together, and returns
+the next artefact."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from calib.budgets import EpsTable, Policy, geometric_table
+from calib.data import Dataset, Splits
+from calib.errors import ArtefactError, ConfigError
+from calib.models import load_model
+from calib.pipeline.config import SemanticConfig
+from calib.stats import Stats, StatsConfig, compute_stats
+from calib.train import embed
+
+log = logging.getLogger(__name__)
+
+
+def check_model_data(config: dict[str, Any], dataset: Dataset, splits: Splits, what: str,
+                     allow_mismatch: bool = False) -> None:
+    """Refuse a model trained on other data or another split (its calibration points could have
+    been training points), unless ``allow_mismatch``."""
+    data = config.get("data", {})
+    if allow_mismatch:
+        return
+    if data.get("data_fingerprint") != dataset.fingerprint:
+        raise ArtefactError(f"the {what} was trained on data {str(data.get('data_fingerprint'))[:12]}…, not on "
+                            f"{dataset.name} ({dataset.fingerprint[:12]}…); pass --allow-mismatch to use it anyway")
+    if data.get("train_fingerprint") != splits.train.fingerprint:
+        raise ArtefactError(f"the {what} was trained on another split (split seed {data.get('split_seed')}, "
+                            f"this one {splits.seed}); use the same --seed or pass --allow-mismatch")
+
+
+def stats_stage(dataset: Dataset, splits: Splits, config: StatsConfig, embedding_path: Path | None = None,
+                classifier_path: Path | None = None, allow_mismatch: bool = False,
+                show_progress: bool = True, device: str = "cpu") -> Stats:
+    """Statistics of ``dataset``; the embedding (if ``config.embedding``) is loaded from its artefact."""
+    embeddings, prov = None, {}
+    if config.embedding:
+        if embedding_path is None:
+            raise ConfigError("embedding statistics need an embedding model (--embedding PATH or --no-embedding)")
+        model, cfg = load_model(embedding_path, device)
+        check_model_data(cfg, dataset, splits, "embedding", allow_mismatch)
+        embeddings = embed(model, dataset.images, device)
+        prov["embedding_sha256"] = cfg["weights_sha256"]
+    if classifier_path is not None and Path(classifier_path).with_suffix(".json").exists():
+        from calib.models import read_config
+
+        prov["classifier_sha256"] = read_config(classifier_path)["weights_sha256"]
+    return compute_stats(dataset, splits, config, embeddings=embeddings, provenance=prov,
+                         show_progress=show_progress)
+
+
+def semantic_stage(table: EpsTable, stats: Stats, dataset: Dataset, embedding_path: Path, config: SemanticConfig,
+                   seed: int = 0, show_progress: bool = True) -> EpsTable:
+    """Final budgets min(geometric, semantic) using the embedding artefact at ``embedding_path``."""
+    from calib.budgets import final_table
+
+    if stats.meta["dataset"]["fingerprint"] != dataset.fingerprint:
+        raise ConfigError("the statistics were computed on other data than the dataset given")
+    model, cfg = load_model(embedding_path)
+    if stats.meta.get("embedding_sha256") not in (None, cfg["weights_sha256"]):
+        raise ArtefactError(f"{embedding_path} is not the embedding the statistics were computed with")
+    return final_table(table, stats, model, dataset.images, config.norms, iters=config.iters, steps=config.steps,
+                       restarts=config.restarts, seed=seed, embedding_sha256=cfg["weights_sha256"],
+                       show_progress=show_progress)
+
+
+def budgets_stage(stats_dir: Path, policy: Policy, pair: str, out: Path | None = None,
+                  semantic: SemanticConfig | None = None, dataset: Dataset | None = None,
+                  embedding_path: Path | None = None, show_progress: bool = True) -> tuple[EpsTable, Path]:
+    """Epsilon table from saved statistics (geometric; final = min(geometric, semantic) with
+    ``semantic``), written to ``out`` (default beside the statistics)."""
+    stats = Stats.load(stats_dir)
+    table = geometric_table(stats, policy, pair=pair)
+    if semantic is not None:
+        if dataset is None or embedding_path is None:
+            raise ConfigError("semantic budgets need the dataset and the embedding model")
+        table = semantic_stage(table, stats, dataset, embedding_path, semantic,
+                               seed=(stats.meta.get("split") or {}).get("seed", 0), show_progress=show_progress)
+    path = out or Path(stats_dir) / "eps_table.json"
+    table.save(path)
+    return table, path

@@ -1,0 +1,332 @@
+"""Plotly figures of the report, each a pure function of saved run artefacts.
+
+Every user-provided string (class names, dataset name) that reaches a figure goes through
+:func:`esc`: Plotly renders a subset of HTML in text, so names are HTML-escaped first.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Sequence
+
+import numpy as np
+
+from calib.budgets.geometric import CUSTOMARY
+
+NORM_LABEL = {"input/l2": "input L2", "input/linf": "input L∞", "input/l1": "input L1", "embedding/l2": "embedding L2"}
+
+
+def esc(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _go():
+    import plotly.graph_objects as go
+
+    return go
+
+
+def palette(k: int) -> list[str]:
+    from plotly.colors import qualitative
+
+    base = qualitative.Plotly + qualitative.D3 + qualitative.Alphabet
+    return [base[i % len(base)] for i in range(k)]
+
+
+def _menu(labels: list[str], visibilities: list[list[bool]], extra: list[dict] | None = None,
+          y: float = 1.18) -> dict:
+    buttons = []
+    for i, (label, vis) in enumerate(zip(labels, visibilities)):
+        args: list[Any] = [{"visible": vis}]
+        if extra is not None:
+            args.append(extra[i])
+        buttons.append({"label": label, "method": "update", "args": args})
+    return {"type": "buttons", "direction": "right", "x": 0, "xanchor": "left", "y": y, "yanchor": "top",
+            "buttons": buttons, "showactive": True, "pad": {"r": 4, "t": 4}}
+
+
+def class_pair_heatmaps(matrices: dict[tuple[str, str, str], Any], class_names: Sequence[str]) -> Any:
+    """Class x class mean distance, one heat-map per (space, norm, mode), switchable by buttons."""
+    go = _go()
+    names = [esc(c) for c in class_names]
+    fig = go.Figure()
+    keys = sorted(matrices, key=lambda k: (k[0] != "input", k[1], k[2] != "exact"))
+    for i, k in enumerate(keys):
+        m = matrices[k].mean
+        fig.add_trace(go.Heatmap(z=m, x=names, y=names, colorscale="Viridis", visible=i == 0,
+                                 text=np.round(m, 3), texttemplate="%{text}" if len(names) <= 12 else None,
+                                 hovertemplate="row %{y} / col %{x}: mean %{z:.4f}<extra></extra>",
+                                 colorbar={"title": {"text": "mean dist."}}))
+    labels = [f"{NORM_LABEL.get(k[0] + '/' + k[1], k[0] + '/' + k[1])} ({k[2]})" for k in keys]
+    vis = [[j == i for j in range(len(keys))] for i in range(len(keys))]
+    fig.update_layout(updatemenus=[_menu(labels, vis)], height=560, margin={"t": 90},
+                      xaxis={"title": {"text": "class"}, "type": "category"},
+                      yaxis={"title": {"text": "class"}, "autorange": "reversed", "type": "category"})
+    return fig
+
+
+def _budget_marks(table: Any, key: str) -> dict[str, np.ndarray]:
+    b = table.budgets.get(key)
+    if b is None:
+        return {}
+    comps = b.get("components", {})
+    marks = {"ε (table)": np.asarray(b["eps"], float)}
+    if "geometric" in comps:
+        marks["ε geometric"] = np.asarray(comps["geometric"], float)
+    return marks
+
+
+def distance_distributions(pairs: dict[str, Any], table: Any, class_names: Sequence[str]) -> Any:
+    """Per-class box plots of d_same and d_diff/2 (the two limits of a safe ball) with the budgets
+    marked, one panel per space/norm (buttons)."""
+    go = _go()
+    names = [esc(c) for c in class_names]
+    fig = go.Figure()
+    groups = []
+    for key, ps in pairs.items():
+        idx = []
+        xlab = np.asarray(names, dtype=object)[ps.query_labels]
+        for what, vals, color in (("d_same", ps.nn.d_same, "#1f77b4"), ("d_diff / 2", ps.nn.d_diff / 2, "#ff7f0e")):
+            idx.append(len(fig.data))
+            fig.add_trace(go.Box(x=xlab, y=vals, name=what, marker_color=color, boxpoints=False,
+                                 offsetgroup=what, legendgroup=what, visible=False))
+        for j, (label, eps) in enumerate(_budget_marks(table, key).items()):
+            idx.append(len(fig.data))
+            fig.add_trace(go.Scatter(x=names, y=eps, mode="markers", name=label, visible=False,
+                                     marker={"symbol": "line-ew-open" if j else "diamond", "size": 14,
+                                             "color": "#d62728" if j == 0 else "#2ca02c", "line": {"width": 3}},
+                                     hovertemplate="class %{x}: " + label + " %{y:.4f}<extra></extra>"))
+        groups.append((key, idx))
+    n = len(fig.data)
+    vis = [[t in idx for t in range(n)] for _, idx in groups]
+    for t in groups[0][1] if groups else []:
+        fig.data[t].visible = True
+    fig.update_layout(boxmode="group", height=520, margin={"t": 90},
+                      updatemenus=[_menu([NORM_LABEL.get(k, k) for k, _ in groups], vis)],
+                      xaxis={"title": {"text": "class"}, "type": "category", "categoryorder": "array",
+                             "categoryarray": names},
+                      yaxis={"title": {"text": "distance (calibration point → training set)"}})
+    return fig
+
+
+def coverage_curves(pairs: dict[str, Any], table: Any, class_names: Sequence[str], points: int = 200) -> Any:
+    """Coverage vs eps per class: the share of class points whose ball is safe (eps < d_same and
+    eps < d_diff/2). The table's per-class budget is a marker; the customary global eps a dashed line."""
+    go = _go()
+    names = [esc(c) for c in class_names]
+    colors = palette(len(names))
+    fig = go.Figure()
+    groups, layouts = [], []
+    for key, ps in pairs.items():
+        limit = np.minimum(ps.nn.d_same, ps.nn.d_diff / 2)
+        norm = key.split("/")[1]
+        glob = CUSTOMARY.get(norm, ()) if key.startswith("input") else ()
+        hi = max(float(np.quantile(limit, 0.99)) * 1.1, *(g * 1.1 for g in glob), 1e-6)
+        grid = np.linspace(0, hi, points)
+        idx = []
+        eps_tab = _budget_marks(table, key).get("ε (table)")
+        for c, name in enumerate(names):
+            lc = np.sort(limit[ps.query_labels == c])
+            if lc.size == 0:
+                continue
+            cov = 1.0 - np.searchsorted(lc, grid, side="right") / lc.size  # share with eps < limit
+            idx.append(len(fig.data))
+            fig.add_trace(go.Scatter(x=grid, y=cov, mode="lines", name=name, legendgroup=name, visible=False,
+                                     line={"color": colors[c]},
+                                     hovertemplate=f"class {name}: ε %{{x:.4f}} → coverage %{{y:.3f}}<extra></extra>"))
+            if eps_tab is not None:
+                e = float(eps_tab[c])
+                idx.append(len(fig.data))
+                fig.add_trace(go.Scatter(x=[e], y=[1.0 - np.searchsorted(lc, e, side="right") / lc.size],
+                                         mode="markers", marker={"color": colors[c], "size": 10, "symbol": "diamond"},
+                                         legendgroup=name, showlegend=False, visible=False,
+                                         hovertemplate=f"class {name}: table ε %{{x:.4f}}, coverage %{{y:.3f}}<extra></extra>"))
+        shapes = [{"type": "line", "x0": g, "x1": g, "y0": 0, "y1": 1, "yref": "paper",
+                   "line": {"dash": "dash", "color": "black"}} for g in glob]
+        notes = [{"x": g, "y": 1.02, "yref": "paper", "text": f"global ε {g:g}", "showarrow": False,
+                  "font": {"size": 11}} for g in glob]
+        groups.append((key, idx))
+        layouts.append({"shapes": shapes, "annotations": notes,
+                        "xaxis.title.text": f"ε ({NORM_LABEL.get(key, key)})"})
+    n = len(fig.data)
+    vis = [[t in idx for t in range(n)] for _, idx in groups]
+    if groups:
+        for t in groups[0][1]:
+            fig.data[t].visible = True
+        fig.update_layout(shapes=layouts[0]["shapes"], annotations=layouts[0]["annotations"],
+                          xaxis_title_text=layouts[0]["xaxis.title.text"])
+    fig.update_layout(updatemenus=[_menu([NORM_LABEL.get(k, k) for k, _ in groups], vis, layouts)], height=520,
+                      margin={"t": 90}, yaxis={"title": {"text": "coverage (safe share of class)"}, "range": [0, 1.05]})
+    return fig
+
+
+def eps_table_chart(table: Any) -> Any:
+    """The epsilon table: one bar panel per space/norm (own scale), bars per class."""
+    from plotly.subplots import make_subplots
+
+    go = _go()
+    keys = list(table.budgets)
+    names = [esc(c) for c in table.class_names]
+    fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[NORM_LABEL.get(k, k) for k in keys])
+    shown_geo = False
+    for r, key in enumerate(keys, 1):
+        b = table.budgets[key]
+        fig.add_trace(go.Bar(x=names, y=b["eps"], name=NORM_LABEL.get(key, key), showlegend=False,
+                             customdata=np.asarray(b["coverage"], float),
+                             hovertemplate="class %{x}: ε %{y:.4f}, coverage %{customdata:.3f}<extra></extra>"),
+                      row=r, col=1)
+        comps = b.get("components", {})
+        if "geometric" in comps:
+            fig.add_trace(go.Scatter(x=names, y=comps["geometric"], mode="markers", name="geometric",
+                                     marker={"symbol": "line-ew-open", "size": 16, "color": "black", "line": {"width": 2}},
+                                     showlegend=not shown_geo, legendgroup="geo",
+                                     hovertemplate="class %{x}: geometric ε %{y:.4f}<extra></extra>"), row=r, col=1)
+            shown_geo = True
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=names)
+    fig.update_layout(height=max(300, 210 * len(keys)), margin={"t": 40})
+    return fig
+
+
+def embedding_scatter(proj: dict[str, np.ndarray], class_names: Sequence[str]) -> Any:
+    """PCA and t-SNE of the embedding, coloured by class; hover shows dataset index and label."""
+    go = _go()
+    names = [esc(c) for c in class_names]
+    colors = palette(len(names))
+    fig = go.Figure()
+    views = [v for v in ("tsne", "pca") if v in proj]
+    groups = []
+    for v in views:
+        idx = []
+        xy = proj[v]
+        for c, name in enumerate(names):
+            m = proj["labels"] == c
+            if not m.any():
+                continue
+            idx.append(len(fig.data))
+            fig.add_trace(go.Scatter(x=xy[m, 0], y=xy[m, 1], mode="markers", name=name, legendgroup=name,
+                                     visible=v == views[0], showlegend=True,
+                                     marker={"color": colors[c], "size": 5, "opacity": 0.8},
+                                     customdata=proj["indices"][m],
+                                     hovertemplate=f"index %{{customdata}}<br>label {name}<extra></extra>"))
+        groups.append((v, idx))
+    n = len(fig.data)
+    vis = [[t in idx for t in range(n)] for _, idx in groups]
+    fig.update_layout(updatemenus=[_menu([{"tsne": "t-SNE", "pca": "PCA"}[v] for v, _ in groups], vis)],
+                      height=600, margin={"t": 80}, xaxis={"showticklabels": False},
+                      yaxis={"showticklabels": False, "scaleanchor": "x"})
+    return fig
+
+
+def _verdict(a: dict[str, np.ndarray], i: int) -> str:
+    if a["valid"][i]:
+        return "VALID"
+    if not a["success"][i]:
+        return "not successful"
+    why = [w for w, f in (("perceptible", "perceptible"), ("class changed", "class_changed"),
+                          ("interpolated", "interpolated")) if a[f][i]]
+    return "invalid: " + ", ".join(why)
+
+
+def pick_gallery(audit_arrays: dict[str, np.ndarray], per_class: int, seed: int = 0) -> list[int]:
+    """Up to ``per_class`` examples per class: successful ones first (seeded order), then others."""
+    rng = np.random.default_rng(seed)
+    y = audit_arrays["labels"]
+    out = []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        idx = np.concatenate([idx[audit_arrays["success"][idx]], idx[~audit_arrays["success"][idx]]])
+        out += idx[:per_class].tolist()
+    return out
+
+
+def _img(x: np.ndarray) -> np.ndarray:
+    return x.mean(0) if x.shape[0] > 1 else x[0]
+
+
+def gallery(x: np.ndarray, x_adv: np.ndarray, audit_arrays: dict[str, np.ndarray], class_names: Sequence[str],
+            picks: list[int]) -> Any:
+    """Rows of (original, perturbation on a diverging scale, adversarial), two examples per row,
+    each titled with the prediction and the audit verdict."""
+    from plotly.subplots import make_subplots
+
+    go = _go()
+    names = [esc(c) for c in class_names]
+    per_row = 2
+    rows = (len(picks) + per_row - 1) // per_row
+    titles = []
+    for i in picks:
+        a = audit_arrays
+        titles += [f"#{int(a['indices'][i])} class {names[a['labels'][i]]}",
+                   f"δ (L∞ {a['linf'][i]:.3f}, SSIM {a['ssim'][i]:.2f})",
+                   f"f → {names[a['pred_adv'][i]]}: {_verdict(a, i)}"]
+    fig = make_subplots(rows=max(rows, 1), cols=3 * per_row, subplot_titles=titles, horizontal_spacing=0.015,
+                        vertical_spacing=0.35 / max(rows, 1))
+    dmax = max(float(np.abs(x_adv[picks] - x[picks]).max()) if picks else 0.0, 1e-6)
+    for j, i in enumerate(picks):
+        r, c0 = j // per_row + 1, (j % per_row) * 3 + 1
+        d = _img(x_adv[i]) - _img(x[i])
+        for k, (z, scale, lo, hi) in enumerate(((_img(x[i]), "gray", 0, 1), (d, "RdBu", -dmax, dmax),
+                                                (_img(x_adv[i]), "gray", 0, 1))):
+            fig.add_trace(go.Heatmap(z=z, colorscale=scale, zmin=lo, zmax=hi, showscale=(j == 0 and k == 1),
+                                     colorbar={"title": {"text": "δ"}, "len": 0.3, "y": 1, "yanchor": "top"},
+                                     hovertemplate="(%{x}, %{y}) %{z:.3f}<extra></extra>"), row=r, col=c0 + k)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
+    _square_pixels(fig)
+    fig.update_annotations(font_size=10)
+    fig.update_layout(height=190 * max(rows, 1) + 60, margin={"t": 40, "l": 10, "r": 10, "b": 10})
+    return fig
+
+
+def _square_pixels(fig: Any) -> None:
+    """Make every image subplot keep square pixels."""
+    for name in list(fig.layout):
+        if name.startswith("yaxis"):
+            suffix = name[5:]
+            fig.layout[name].scaleanchor = "x" + suffix
+            fig.layout[name].constrain = "domain"
+            fig.layout["xaxis" + suffix].constrain = "domain"
+
+
+def probe_gallery(probe: dict[str, np.ndarray], class_names: Sequence[str]) -> Any:
+    """The class-mixing probe x0 + eps sign(x1): one image per ordered class pair (row = class of
+    x0, column = class of the stamped x1), titled with f's prediction and g's k-NN label."""
+    from plotly.subplots import make_subplots
+
+    go = _go()
+    names = [esc(c) for c in class_names]
+    k = len(names)
+    grid = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(probe["class0"], probe["class1"]))}
+    titles = []
+    for a in range(k):
+        for b in range(k):
+            i = grid.get((a, b))
+            titles.append("" if i is None else
+                          f"+{names[b]}: f {names[probe['pred'][i]]} · g {names[probe['knn_g'][i]]}")
+    fig = make_subplots(rows=k, cols=k, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.03,
+                        row_titles=[f"x0: {n}" for n in names])
+    for (a, b), i in grid.items():
+        fig.add_trace(go.Heatmap(z=_img(probe["images"][i]), colorscale="gray", zmin=0, zmax=1, showscale=False,
+                                 hovertemplate=f"x0 #{int(probe['index0'][i])} ({names[a]}) + ε·sign(x1 #"
+                                               f"{int(probe['index1'][i])} ({names[b]}))<extra></extra>"),
+                      row=a + 1, col=b + 1)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
+    _square_pixels(fig)
+    fig.update_annotations(font_size=9)
+    fig.update_layout(height=95 * k + 80, margin={"t": 50, "l": 10, "r": 40, "b": 10})
+    return fig
+
+
+def headline(rates: dict[str, dict[str, float]], class_names: Sequence[str], what: str = "valid_rate") -> Any:
+    """Grouped bars: per class, the ``what`` rate of each attack (name -> per-class rates)."""
+    go = _go()
+    names = [esc(c) for c in class_names]
+    fig = go.Figure()
+    for name, per_class in rates.items():
+        fig.add_trace(go.Bar(x=names, y=[per_class.get(c, np.nan) for c in class_names], name=esc(name),
+                             hovertemplate=esc(name) + ", class %{x}: %{y:.3f}<extra></extra>"))
+    fig.update_layout(barmode="group", height=420, margin={"t": 30},
+                      xaxis={"title": {"text": "class"}, "type": "category"},
+                      yaxis={"title": {"text": what.replace("_", " ")}, "range": [0, 1.02]})
+    return fig

@@ -1,0 +1,184 @@
+"""``calib run``: stage caching keyed by inputs, resume after interruption, config files."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calib.errors import ConfigError
+from calib.pipeline import StageCache, load_run_config, run, run_config_from_mapping, stage_key
+from calib.pipeline.run import attack_subset, second_split
+
+from conftest import tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def test_run_writes_every_artefact(tiny_run):
+    out, summary = tiny_run
+    for rel in ("models/classifier.safetensors", "models/embedding.json", "models/embedding2.safetensors",
+                "stats.npz", "eps_table.json", "eps_table.csv", "probe.npz", "projection.npz", "report.html",
+                "summary.json", "attacks/pgd-global-linf.npz", "audit/embedding-pgd-linf.json"):
+        assert (out / rel).is_file(), rel
+    assert set(summary["attacks"]) == {"pgd-global-linf", "pgd-table-linf", "embedding-pgd-linf"}
+    assert not any(s["reused"] for s in summary["stages"].values())
+    with np.load(out / "attacks" / "pgd-table-linf.npz") as z:
+        assert len(z["labels"]) == 80 and np.bincount(z["labels"]).min() >= 7  # stratified subset
+    # g2 is really independent: another seed and another training split, never the test part
+    e1 = json.loads((out / "models" / "embedding.json").read_text())
+    e2 = json.loads((out / "models" / "embedding2.json").read_text())
+    assert e1["data"]["train_fingerprint"] != e2["data"]["train_fingerprint"]
+    assert e1["weights_sha256"] != e2["weights_sha256"]
+
+
+def test_second_identical_run_reuses_every_stage(tiny_run):
+    out, first = tiny_run
+    t0 = time.perf_counter()
+    again = run(tiny(out))
+    assert all(s["reused"] for s in again["stages"].values())
+    assert again["stages"].keys() == first["stages"].keys()
+    assert time.perf_counter() - t0 < 60  # generous; the point is that nothing is retrained
+    assert again["attacks"] == first["attacks"]
+
+
+def test_changed_option_recomputes_only_downstream(tiny_run, tmp_path):
+    out, first = tiny_run
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    changed = run(tiny(copy, q=0.2))
+    reused = {k for k, s in changed["stages"].items() if s["reused"]}
+    assert {"classifier", "embedding", "embedding2", "stats", "attack-pgd-global-linf", "probe",
+            "projection"} <= reused
+    assert {"budgets", "attack-pgd-table-linf", "attack-embedding-pgd-linf", "report"}.isdisjoint(reused)
+    # a tampered artefact is detected and recomputed
+    (copy / "stats.npz").write_bytes(b"garbage")
+    again = run(tiny(copy, q=0.2))
+    assert not again["stages"]["stats"]["reused"]
+
+
+def test_interrupted_run_resumes(tmp_path, monkeypatch):
+    import importlib
+
+    prun = importlib.import_module("calib.pipeline.run")  # the module (the package exports the function)
+    real = prun.stats_stage
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prun, "stats_stage", boom)
+    cfg = tiny(tmp_path, attack=None, report=False, semantic=None)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    assert (tmp_path / "cache" / "classifier.json").exists() and not (tmp_path / "cache" / "stats.json").exists()
+    monkeypatch.setattr(prun, "stats_stage", real)
+    done = run(cfg)
+    assert done["stages"]["classifier"]["reused"] and done["stages"]["embedding"]["reused"]
+    assert not done["stages"]["stats"]["reused"] and (tmp_path / "eps_table.json").exists()
+
+
+def test_killed_cli_run_resumes(tmp_path):
+    """SIGKILL a real `calib run` during a later stage; the re-run reuses the finished stages."""
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'out = "{tmp_path / "run"}"\nclassifier_epochs = 3\nembedding_epochs = 15\nprogress = false\n'
+                   'tsne_points = 200\n[semantic]\nnorms = ["linf"]\niters = 2\nsteps = 2\n'
+                   '[attack]\nn = 40\nsteps = 3\n')
+    cmd = [sys.executable, str(ROOT / "cli.py"), "run", "--config", str(cfg)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = tmp_path / "run" / "cache" / "classifier.json"
+    t0 = time.time()
+    while not manifest.exists() and time.time() - t0 < 120 and proc.poll() is None:
+        time.sleep(0.2)
+    assert manifest.exists(), "the classifier stage never finished"
+    time.sleep(1.0)  # now inside the (15-epoch) embedding stage
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run" / "cache" / "embedding.json").exists()
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stages"]["classifier"]["reused"] and not summary["stages"]["embedding"]["reused"]
+    assert (tmp_path / "run" / "report.html").exists()
+
+
+def test_stage_cache_unit(tmp_path):
+    cache = StageCache(tmp_path)
+    n = {"calls": 0}
+
+    def compute():
+        n["calls"] += 1
+        (tmp_path / "a.txt").write_text("x")
+        return {"value": 1}
+
+    r1 = cache.run("s", {"p": 1}, ["a.txt"], compute)
+    r2 = cache.run("s", {"p": 1}, ["a.txt"], compute)
+    assert (r1.reused, r2.reused, n["calls"], r2.info) == (False, True, 1, {"value": 1})
+    cache.run("s", {"p": 2}, ["a.txt"], compute)
+    assert n["calls"] == 2
+    (tmp_path / "a.txt").write_text("y")  # changed output
+    cache.run("s", {"p": 2}, ["a.txt"], compute)
+    assert n["calls"] == 3
+    assert stage_key("s", {"a": (1, 2), "b": np.float64(0.5)}) == stage_key("s", {"b": 0.5, "a": [1, 2]})
+
+
+def test_attack_subset_and_second_split(digits, digits_splits):
+    y = digits_splits.test.labels
+    sel = attack_subset(y, 50, 0)
+    assert len(sel) in range(45, 56) and np.array_equal(sel, np.sort(sel))
+    assert np.array_equal(attack_subset(y, 50, 0), sel) and np.array_equal(attack_subset(y, None, 0), np.arange(len(y)))
+    tr2, va2 = second_split(digits, digits_splits, 1)
+    assert not set(tr2.indices) & set(digits_splits.test.indices)
+    assert set(tr2.indices) != set(digits_splits.train.indices)
+
+
+def test_config_files(tmp_path):
+    t = tmp_path / "a.toml"
+    t.write_text('dataset = "digits"\nseed = 3\nq = 0.1\n[attack]\nnorms = ["linf", "l2"]\nn = 10\n'
+                 '[audit]\nssim_min = 0.8\n')
+    cfg = load_run_config(t)
+    assert (cfg.seed, cfg.q, cfg.attack.norms, cfg.attack.n, cfg.audit.ssim_min) == (3, 0.1, ("linf", "l2"), 10, 0.8)
+    assert load_run_config(t, {"seed": 5}).seed == 5
+    y = tmp_path / "a.yaml"
+    y.write_text("seed: 2\nsemantic: false\nattack:\n  steps: 4\n")
+    cfg = load_run_config(y)
+    assert cfg.semantic is None and cfg.attack.steps == 4 and cfg.seed == 2
+    for text, match in (("sede = 1\n", "unknown option"), ("[attack]\nnorm = 1\n", "unknown option"),
+                        ("seed = [\n", "invalid TOML"), ("[attack]\nnorms = ['l7']\n", "attack norms")):
+        t.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_run_config(t)
+    with pytest.raises(ConfigError, match="must end in"):
+        load_run_config(tmp_path / "x.json")
+    with pytest.raises(ConfigError, match="not found"):
+        load_run_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError):
+        run_config_from_mapping({"audit": False})
+
+
+def test_cli_run_audit_report_and_errors(tiny_run, tmp_path, capsys):
+    from cli import main
+
+    out, _ = tiny_run
+    assert main(["audit", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "pgd-global-linf" in text and "VALID" in text
+    assert main(["audit", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["pgd-table-linf"]["overall"]["n"] == 80
+    assert main(["report", str(out), "--out", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").stat().st_size > 1_000_000
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochz = 3\n")
+    capsys.readouterr()
+    assert main(["run", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown option(s) epochz" in err
+    assert main(["audit", str(tmp_path)]) == 2
+    assert main(["run", "--rule", "nonsense", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x" / "cache").exists()
