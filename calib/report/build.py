@@ -36,7 +36,7 @@ nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:6
 nav a{margin-right:14px;color:#1f5fa0;text-decoration:none;font-size:14px}
 section{background:#fff;margin:16px 24px;padding:12px 20px;border:1px solid #e3e3e3;border-radius:6px}
 h2{font-size:19px;margin:6px 0 8px}h3{font-size:16px;margin:14px 0 6px}
-p.note{color:#555;font-size:13px;max-width:1100px}
+p.note,ul.note{color:#555;font-size:13px;max-width:1100px}
 table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f0f3f6;cursor:pointer;white-space:nowrap}td.l,th.l{text-align:left}
 tr:nth-child(even) td{background:#fafcff}.bad{color:#b00020;font-weight:600}.good{color:#1b7a1b;font-weight:600}
@@ -152,7 +152,7 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     names = list(stats.class_names)
     manifests = _manifests(run_dir)
     pair = table.policy.get("pair", "calibration-train")
-    pairs = {f"{s}/{n}": ps for (s, n, p), ps in sorted(stats.pairs.items(), key=lambda kv: kv[0][0] != "input")
+    pairs = {f"{s}/{n}": ps for (s, n, p), ps in sorted(stats.pairs.items(), key=lambda kv: _space_order(kv[0][:2]))
              if p == pair}
     audits = {p.stem: AuditResult.load(run_dir / "audit", p.stem) for p in sorted((run_dir / "audit").glob("*.json"))}
     order = {"global": 0, "per-class": 1, "embedding": 2}
@@ -221,6 +221,7 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
             hrows.append([name, a.meta.get("budget"), eps_desc, r["n"], r["success_rate"], r["perceptible_rate"],
                           r["detected_rate"], r["class_changed_rate"], r["interpolated_rate"],
                           r["ball_has_wrong_rate"], r["valid_rate"], r["valid_among_successes"], r["mean_ssim"]])
+        page.add("<ul class=\"note\">" + "".join(_reading(k, a.rates()) for k, a in audits.items()) + "</ul>")
         page.add(html_table(["attack", "budget", "ε", "n", "success", "perceptible", "bg detector", "class changed",
                              "interpolated", "ball has misclassified same-class", "VALID", "valid | success",
                              "mean SSIM"], hrows, left=3))
@@ -343,6 +344,23 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
         fh.write("".join(page.parts))
     log.info("report written to %s (%d figures)", out, page.n_fig)
     return out
+
+
+def _space_order(key: tuple[str, str]) -> int:
+    """Input L-inf first (the customary threat model), then L2, L1, then the embedding."""
+    order = [("input", "linf"), ("input", "l2"), ("input", "l1"), ("embedding", "l2")]
+    return order.index(tuple(key)) if tuple(key) in order else len(order)
+
+
+def _reading(name: str, r: dict[str, Any]) -> str:
+    """One sentence per attack saying what its audit numbers mean."""
+    n, succ = r["n"], r["success_rate"]
+    if not succ:
+        return f"<li><b>{esc(name)}</b>: no successful example among {n}.</li>"
+    return (f"<li><b>{esc(name)}</b>: {succ:.1%} of {n} successful; of all examples {r['perceptible_rate']:.1%} are "
+            f"perceptible (mean SSIM {r['mean_ssim']:.2f}), {r['class_changed_rate']:.1%} change class by the "
+            f"embeddings' k-NN vote, {r['interpolated_rate']:.1%} interpolate toward another same-class image; "
+            f"<b>{r['valid_rate']:.1%} are valid</b> ({r['valid_among_successes']:.1%} of the successes).</li>")
 
 
 def _eps_desc(a: Any) -> str:

@@ -49,7 +49,8 @@ def class_pair_heatmaps(matrices: dict[tuple[str, str, str], Any], class_names: 
     go = _go()
     names = [esc(c) for c in class_names]
     fig = go.Figure()
-    keys = sorted(matrices, key=lambda k: (k[0] != "input", k[1], k[2] != "exact"))
+    norm_order = {"linf": 0, "l2": 1, "l1": 2}
+    keys = sorted(matrices, key=lambda k: (k[0] != "input", norm_order.get(k[1], 9), k[2] != "exact"))
     for i, k in enumerate(keys):
         m = matrices[k].mean
         fig.add_trace(go.Heatmap(z=m, x=names, y=names, colorscale="Viridis", visible=i == 0,
