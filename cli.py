@@ -230,6 +230,48 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder written by `ca
         console.print(f"{len(shots)} screenshots in {screenshots}")
 
 
+@app.command("experiment")
+def experiment_cmd(name: str = typer.Argument(..., help="transfer, adversarial-training, robust-embedding, "
+                                              "linearity or units."),
+                   run_dir: Path = typer.Option(..., "--run", help="A finished `calib run` folder."),
+                   epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs "
+                                                        "(default: the run's)."),
+                   alpha: float = typer.Option(0.5, "--alpha", help="Clean-loss weight of the adversarial mixture."),
+                   attack: Optional[str] = typer.Option(None, "--attack", help="fgsm or pgd for adversarial "
+                                                        "training (default fgsm; robust-embedding: pgd)."),
+                   eps: Optional[float] = typer.Option(None, "--eps", help="robust-embedding: training radius "
+                                                       "(default 0.1); linearity: the eps (default 0.05)."),
+                   n: Optional[int] = typer.Option(None, "--n", min=1, help="Test examples (stratified); default all."),
+                   no_report: bool = typer.Option(False, "--no-report", help="Do not rebuild report.html."),
+                   device: str = DeviceOpt, no_progress: bool = NoProgressOpt) -> None:
+    """Run one background experiment on a run folder and add its section to the report."""
+    from calib.device import resolve_device
+    from calib.experiments import EXPERIMENTS, load_run
+
+    if name not in EXPERIMENTS:
+        raise typer.BadParameter(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    if attack is not None and attack not in ("fgsm", "pgd"):
+        raise typer.BadParameter(f"--attack must be fgsm or pgd; got {attack!r}")
+    ctx = load_run(run_dir, device=str(resolve_device(device)))
+    kw: dict = {"progress": not no_progress}
+    if name in ("transfer", "adversarial-training", "robust-embedding") and epochs:
+        kw["epochs"] = epochs
+    if name in ("transfer", "adversarial-training") and n:
+        kw["n"] = n
+    if name in ("adversarial-training", "robust-embedding"):
+        kw["alpha"] = alpha
+        if attack:
+            kw["attack"] = attack
+    if name in ("robust-embedding", "linearity") and eps is not None:
+        kw["eps"] = eps
+    summary = EXPERIMENTS[name](ctx, **kw)
+    console.print(f"{name}: done in {summary['seconds']:.1f} s -> {run_dir / 'experiments' / (name + '.json')}")
+    if not no_report:
+        from calib.report import write_report
+
+        console.print(f"report updated: {write_report(run_dir)}")
+
+
 @app.command("audit")
 def audit_cmd(run_dir: Path = typer.Argument(..., help="A run folder with attacks/ and audit/ (from `calib run`)."),
               as_json: bool = typer.Option(False, "--json", help="Print the audit summaries as JSON.")) -> None:

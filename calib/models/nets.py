@@ -6,6 +6,8 @@ attack's epsilon is in the same units as the data.
 Architectures (``arch``):
     ``cnn-small``  for small images (< 16 px, e.g. 8x8 digits): 2 conv (32, 64) + pool + FC 128.
     ``cnn``        for 28x28 (MNIST family): 4 conv (32, 32, 64, 64) + 2 pools + FC 128.
+    ``mlp``        any size: one hidden layer of 256 + FC 128 (a different architecture family,
+                   e.g. the second model of the transferability experiment).
 """
 from __future__ import annotations
 
@@ -36,7 +38,13 @@ def _mnist_trunk(in_channels: int) -> nn.Sequential:
     )
 
 
+def _mlp_trunk(input_shape: tuple[int, int, int]) -> nn.Sequential:
+    n = input_shape[0] * input_shape[1] * input_shape[2]
+    return nn.Sequential(nn.Flatten(), nn.Linear(n, 256), nn.ReLU())
+
+
 TRUNKS: dict[str, Callable[[int], nn.Sequential]] = {"cnn-small": _small_trunk, "cnn": _mnist_trunk}
+ARCHS = (*TRUNKS, "mlp")
 HIDDEN = 128
 
 
@@ -46,9 +54,9 @@ def default_arch(input_shape: tuple[int, int, int]) -> str:
 
 
 def _trunk(arch: str, input_shape: tuple[int, int, int]) -> tuple[nn.Sequential, int]:
-    if arch not in TRUNKS:
-        raise ConfigError(f"unknown architecture {arch!r}; choose one of {sorted(TRUNKS)}")
-    trunk = TRUNKS[arch](input_shape[0])
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}")
+    trunk = _mlp_trunk(input_shape) if arch == "mlp" else TRUNKS[arch](input_shape[0])
     with torch.no_grad():
         try:
             n_flat = trunk(torch.zeros(1, *input_shape)).shape[1]

@@ -287,7 +287,7 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
                                           "g2": emb2.info["weights_sha256"] if emb2 else None,
                                           "reference": data_key["train"], "config": asdict(config.audit),
                                           "code": source_hash("calib.audit"),
-                                          "table": table_hash},
+                                          "table": table_hash if item["budget"] != "global" else None},
                         [f"audit/{name}.npz", f"audit/{name}.json"], do_audit)
         results[name] = {"budget": item["budget"], "norm": spec.norm, **att.info, **aud.info}
     return results

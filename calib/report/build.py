@@ -158,13 +158,18 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     order = {"global": 0, "per-class": 1, "embedding": 2}
     audits = dict(sorted(audits.items(), key=lambda kv: (kv[1].meta.get("norm", ""),
                                                         order.get(kv[1].meta.get("budget"), 9))))
+    from calib.experiments.context import load_experiments
+    from calib.report.experiments import SECTIONS as EXP_SECTIONS, TITLES as EXP_TITLES
+
+    experiments = {k: v for k, v in load_experiments(run_dir).items() if k in EXP_SECTIONS}
+    sections = list(SECTIONS) + [(f"exp-{k}", EXP_TITLES[k]) for k in experiments]
     page = _Page()
     ds_name = stats.meta["dataset"]["name"]
     title = title or f"calib report — {ds_name}"
     page.add(f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
              f"<style>{CSS}</style><script type=\"text/javascript\">{get_plotlyjs()}</script></head><body>")
     page.add(f"<header><h1>{esc(title)}</h1></header><nav>" +
-             "".join(f'<a href="#{sid}">{esc(t)}</a>' for sid, t in SECTIONS) + "</nav>")
+             "".join(f'<a href="#{sid}">{esc(t)}</a>' for sid, t in sections) + "</nav>")
 
     # ---- summary ---------------------------------------------------------------------------------
     page.add('<section id="summary"><h2>Run summary</h2>')
@@ -339,6 +344,13 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
                              "interpolated", "ball has misclassified", "VALID"], rows))
         page.add("</details>")
     page.add("</section>")
+    # ---- experiments ---------------------------------------------------------------------------
+    for name, (doc, arrays) in experiments.items():
+        page.add(f'<section id="exp-{name}"><h2>{esc(EXP_TITLES[name])}</h2>')
+        EXP_SECTIONS[name](doc, arrays, names, page, html_table)
+        seconds = float(doc.get("seconds") or 0.0)
+        page.add(f'<p class="note">Computed in {seconds:.1f} s by <code>calib experiment {esc(name)} --run RUN</code>.'
+                 "</p></section>")
     page.add(f"<script>{SORT_JS}</script></body></html>")
     with atomic_open(out, "w") as fh:
         fh.write("".join(page.parts))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from calib.models import build_model, default_arch
 from calib.models.infer import forward_batched
 from calib.train.loop import TrainConfig, fit
 from calib.train.result import TrainedModel, data_provenance
+
+if TYPE_CHECKING:
+    from calib.train.adversarial import AdversarialMix
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ def accuracy(model: nn.Module, data: Dataset, device: torch.device | str | None 
 
 def train_classifier(train: Dataset, config: TrainConfig, *, validation: Dataset | None = None,
                      test: Dataset | None = None, arch: str | None = None, dropout: float = 0.25,
-                     split_seed: int | None = None) -> TrainedModel:
+                     split_seed: int | None = None, adversarial: AdversarialMix | None = None) -> TrainedModel:
     """Train the classifier f on ``train`` with cross-entropy.
 
     Args:
@@ -40,7 +44,9 @@ def train_classifier(train: Dataset, config: TrainConfig, *, validation: Dataset
         config: optimisation settings; ``config.seed`` fixes every random choice.
         validation: scored after every epoch (history only, no early stopping).
         test: held-out part for the reported metrics (``test_accuracy``, per class).
-        arch: ``cnn-small`` / ``cnn``; default by image size.
+        arch: ``cnn-small`` / ``cnn`` / ``mlp``; default by image size.
+        adversarial: train on Goodfellow et al.'s mixture of clean and adversarial cross-entropy
+            (:class:`calib.train.adversarial.AdversarialMix`), with a global or per-class radius.
 
     ``config.batch_size=None`` means ``N // 40`` clipped to [32, 128]: at least ~40 steps per
     epoch on small sets (digits: 32), 128 on MNIST-size sets.
@@ -54,6 +60,10 @@ def train_classifier(train: Dataset, config: TrainConfig, *, validation: Dataset
     device = resolve_device(config.device)
 
     def loss_hook(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if adversarial is not None:
+            from calib.train.adversarial import mixed_cross_entropy
+
+            return mixed_cross_entropy(m, x, y, adversarial, gen)
         return F.cross_entropy(m(x), y)
 
     def evaluate(m: nn.Module) -> dict[str, float]:
@@ -68,6 +78,7 @@ def train_classifier(train: Dataset, config: TrainConfig, *, validation: Dataset
         metrics["num_test"] = len(test)
         log.info("classifier test accuracy %.4f on %d samples", metrics["test_accuracy"], len(test))
     training = {"config": config.to_json(), "loss": "cross_entropy", "history": history,
+                "adversarial": adversarial.describe() if adversarial is not None else None,
                 "seconds": seconds, "device": str(device)}
     return TrainedModel(model.cpu().eval(), spec, training, metrics, data_provenance(train, split_seed))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from calib.models import build_model, default_arch
 from calib.models.infer import forward_batched
 from calib.train.loop import TrainConfig, fit
 from calib.train.result import TrainedModel, data_provenance
+
+if TYPE_CHECKING:
+    from calib.train.adversarial import AdversarialMix
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ def retrieval_metrics(model: nn.Module, query: Dataset, reference: Dataset,
 def train_embedding(train: Dataset, config: TrainConfig, *, validation: Dataset | None = None,
                     test: Dataset | None = None, arch: str | None = None, dim: int = 64,
                     margin: float = 0.2, miner: str = "semihard",
-                    split_seed: int | None = None) -> TrainedModel:
+                    split_seed: int | None = None, adversarial: AdversarialMix | None = None) -> TrainedModel:
     """Train the embedding g on ``train`` with a triplet loss over mined in-batch triplets.
 
     Args:
@@ -77,6 +81,8 @@ def train_embedding(train: Dataset, config: TrainConfig, *, validation: Dataset 
         dim: embedding dimension (outputs are L2-normalised).
         margin: triplet margin in embedding L2 distance.
         miner: ``semihard`` (default), ``hard`` (batch-hard) or ``all``.
+        adversarial: a robust triplet embedding: mix the clean triplet loss with the loss of
+            anchors that maximise the embedding shift (:mod:`calib.train.adversarial`).
 
     ``config.batch_size=None`` means 256, so each batch holds many positives per class to mine.
     """
@@ -92,6 +98,10 @@ def train_embedding(train: Dataset, config: TrainConfig, *, validation: Dataset 
     device = resolve_device(config.device)
 
     def loss_hook(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if adversarial is not None:
+            from calib.train.adversarial import mixed_triplet
+
+            return mixed_triplet(m, x, y, adversarial, loss_fn, miner_fn, gen)
         emb = m(x)
         return loss_fn(emb, y, miner_fn(emb, y))
 
@@ -112,5 +122,6 @@ def train_embedding(train: Dataset, config: TrainConfig, *, validation: Dataset 
                  metrics["test_map_at_r"])
     training = {"config": config.to_json(), "loss": f"TripletMarginLoss(margin={margin})",
                 "miner": miner, "margin": margin, "history": history, "seconds": seconds,
+                "adversarial": adversarial.describe() if adversarial is not None else None,
                 "device": str(device)}
     return TrainedModel(model.cpu().eval(), spec, training, metrics, data_provenance(train, split_seed))
