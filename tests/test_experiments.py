@@ -161,7 +161,10 @@ def test_mixed_triplet_uses_clean_batch_as_reference(batch):
     got = mixed_triplet(g, x, y, mix, loss_fn, miner, torch.Generator().manual_seed(5))
     x_adv = embedding_adversarial(g, x, y, mix, torch.Generator().manual_seed(5))
     emb, adv = g(x), g(x_adv)
-    want = 0.25 * loss_fn(emb, y, miner(emb, y)) + 0.75 * loss_fn(adv, y, miner(adv, y, emb, y), emb, y)
+    from pytorch_metric_learning import miners
+
+    all_miner = miners.TripletMarginMiner(margin=0.2, type_of_triplets="all")
+    want = 0.25 * loss_fn(emb, y, miner(emb, y)) + 0.75 * loss_fn(adv, y, all_miner(adv, y, emb, y), emb, y)
     assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
 
 

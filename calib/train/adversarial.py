@@ -107,10 +107,18 @@ def mixed_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mix:
 
 def mixed_triplet(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mix: AdversarialMix, loss_fn, miner_fn,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """``alpha * L(g(x)) + (1 - alpha) * L(anchors g(x_adv) against the clean batch)``."""
+    """``alpha * L(g(x)) + (1 - alpha) * L(anchors g(x_adv) against the clean batch)``.
+
+    The clean term uses the run's miner; the adversarial term uses every margin-violating triplet
+    (anchor g(x_adv_i), positive/negative from the clean batch, including g(x_i) itself)."""
+    from pytorch_metric_learning import miners
+
     x_adv = embedding_adversarial(model, x, y, mix, generator)
     emb = model(x)
     adv = model(x_adv)
     clean = loss_fn(emb, y, miner_fn(emb, y))
-    robust = loss_fn(adv, y, miner_fn(adv, y, emb, y), emb, y)
+    # every margin-violating triplet of the adversarial anchors: a semi-hard miner would skip
+    # exactly the anchors the attack moved furthest (their positives are further than negatives)
+    adv_miner = miners.TripletMarginMiner(margin=loss_fn.margin, type_of_triplets="all")
+    robust = loss_fn(adv, y, adv_miner(adv, y, emb, y), emb, y)
     return mix.alpha * clean + (1 - mix.alpha) * robust
