@@ -75,6 +75,17 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def read_text(path: str | os.PathLike[str], error: type[Exception], what: str) -> str:
+    """A UTF-8 text file's contents, raising ``error`` with one line (``<what> not found: path`` or
+    ``path: unreadable <what> (...)``) instead of OS/decoding exceptions."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise error(f"{what} not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: unreadable {what} ({exc})") from exc
+
+
 def read_json(path: str | os.PathLike[str], error: type[Exception], what: str) -> Any:
     """Parse a JSON file, raising ``error`` with one line (``<what> not found: path`` or
     ``path: not valid JSON for <what> (...)``) instead of OS/JSON exceptions."""

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from calib.errors import CalibError
-from calib.io import atomic_open, read_json, to_jsonable, write_json
+from calib.io import atomic_open, read_json, read_text, to_jsonable, write_json
 
 SCHEMA = "calib-eps-table"
 VERSION = 1
@@ -167,12 +167,7 @@ class EpsTable:
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str]) -> "EpsTable":
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError as exc:
-            raise EpsTableError(f"eps table not found: {path}") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise EpsTableError(f"{path}: unreadable ({exc})") from exc
+        text = read_text(path, EpsTableError, "eps table")
         first, _, body = text.partition("\n")
         try:
             if not first.startswith("# "):

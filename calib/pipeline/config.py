@@ -15,6 +15,7 @@ from typing import Any
 from calib.audit import AuditConfig
 from calib.data import DEFAULT_FRACTIONS
 from calib.errors import ConfigError
+from calib.io import read_text
 
 
 def default_run_name(dataset: str, seed: int) -> str:
@@ -174,12 +175,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.suffix not in (".toml", ".yaml", ".yml"):
         raise ConfigError(f"{path}: config files must end in .toml, .yaml or .yml")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {path}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: unreadable config file ({exc})") from exc
+    text = read_text(path, ConfigError, "config file")
     if path.suffix == ".toml":
         import tomllib
 
