@@ -273,12 +273,22 @@ def experiment_cmd(name: str = typer.Argument(..., help="transfer, adversarial-t
 
 
 @app.command("audit")
-def audit_cmd(run_dir: Path = typer.Argument(..., help="A run folder with attacks/ and audit/ (from `calib run`)."),
+def audit_cmd(run_dir: Path = typer.Argument(..., help="A run folder (from `calib run`)."),
+              adversarial: Optional[Path] = typer.Option(None, "--adversarial", help="Audit examples made "
+                                                         "elsewhere: an .npz with x_adv (N,C,H,W) in [0,1] and "
+                                                         "indices (N,) of the clean images in the dataset "
+                                                         "(optional eps (N,) or scalar)."),
+              name: Optional[str] = typer.Option(None, "--name", help="Name of the imported attack "
+                                                 "(default: the file's stem)."),
+              norm: str = typer.Option("linf", "--norm", help="The imported attack's norm: linf or l2."),
               as_json: bool = typer.Option(False, "--json", help="Print the audit summaries as JSON.")) -> None:
-    """Print the audit of every attack in a run folder: per attack and class, the verdict rates."""
+    """Print the audit of every attack in a run folder (per attack and class, the verdict rates);
+    with --adversarial, first audit imported adversarial examples and add them to the run and report."""
     from calib.audit import AuditResult
     from calib.errors import DataError
 
+    if adversarial is not None:
+        _import_adversarial(run_dir, adversarial, name or adversarial.stem, norm)
     files = sorted((run_dir / "audit").glob("*.json"))
     if not files:
         raise DataError(f"{run_dir} has no audit/ results; run `calib run` (with attacks) first")
@@ -299,6 +309,42 @@ def audit_cmd(run_dir: Path = typer.Argument(..., help="A run folder with attack
         t.add_row("all", str(r["n"]), *(f"{r[f + '_rate']:.3f}" for f in
                                         ("success", "perceptible", "class_changed", "interpolated", "valid")))
         console.print(t)
+
+
+def _import_adversarial(run_dir: Path, path: Path, name: str, norm: str) -> None:
+    import re
+    import zipfile
+
+    from calib.errors import ConfigError, DataError
+    from calib.io import atomic_path
+    from calib.pipeline.context import load_run
+    from calib.pipeline.stages import audit_external
+
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"--norm must be linf or l2; got {norm!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise ConfigError(f"attack name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError as exc:
+        raise DataError(f"adversarial examples not found: {path}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz without pickled objects ({exc})") from exc
+    missing = [k for k in ("x_adv", "indices") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {', '.join(missing)} (need x_adv and indices)")
+    ctx = load_run(run_dir)
+    result, att = audit_external(ctx, arrays["x_adv"], arrays["indices"], norm=norm, eps=arrays.get("eps"))
+    result.meta |= {"attack": name, "budget": "imported", "spec": {"norm": norm, "source": str(path)}}
+    with atomic_path(run_dir / "attacks" / f"{name}.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **att)
+    result.save(run_dir / "audit", name, ctx.dataset.class_names)
+    from calib.report import write_report
+
+    write_report(run_dir)
+    console.print(f"audited {len(att['labels'])} imported examples as {name!r}; report updated")
 
 
 def _jsonable(obj):

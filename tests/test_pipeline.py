@@ -182,3 +182,42 @@ def test_cli_run_audit_report_and_errors(tiny_run, tmp_path, capsys):
     assert main(["audit", str(tmp_path)]) == 2
     assert main(["run", "--rule", "nonsense", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x" / "cache").exists()
+
+
+def test_cli_audits_imported_adversarial_examples(tiny_run, tmp_path, capsys):
+    """Examples made by another library (here torchattacks' FGSM) are audited with the run's models."""
+    import shutil
+
+    import torch
+    import torchattacks
+
+    from calib.audit import AuditResult
+    from calib.pipeline.context import load_run
+    from cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    ctx = load_run(out)
+    test = ctx.splits.test
+    f = ctx.model("classifier")
+    x, y = torch.from_numpy(test.images[:40]), torch.from_numpy(test.labels[:40])
+    x_adv = torchattacks.FGSM(f, eps=0.2)(x, y).numpy()
+    path = tmp_path / "fgsm.npz"
+    np.savez(path, x_adv=x_adv, indices=test.indices[:40])
+    assert main(["audit", str(out), "--adversarial", str(path), "--name", "ta-fgsm"]) == 0
+    a = AuditResult.load(out / "audit", "ta-fgsm")
+    pred = f(torch.from_numpy(x_adv)).argmax(1).numpy()
+    assert np.array_equal(a.arrays["success"], pred != test.labels[:40])
+    assert np.allclose(a.arrays["eps"], np.abs(x_adv - test.images[:40]).reshape(40, -1).max(1))
+    assert "ta-fgsm" in (out / "report.html").read_text(encoding="utf-8")[-3_000_000:]
+    capsys.readouterr()
+    for arrays, msg in ((dict(x_adv=x_adv, indices=ctx.splits.train.indices[:40]), "training images"),
+                        (dict(x_adv=x_adv[:, :, :4], indices=test.indices[:40]), "shape"),
+                        (dict(x_adv=x_adv + 2, indices=test.indices[:40]), "must lie in [0, 1]"),
+                        (dict(x_adv=x_adv), "missing array")):
+        np.savez(path, **arrays)
+        assert main(["audit", str(out), "--adversarial", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1
+    path.write_bytes(b"PK\x03\x04 truncated")
+    assert main(["audit", str(out), "--adversarial", str(path)]) == 2

@@ -7,76 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from calib.errors import DataError
-from calib.io import atomic_path, read_json, to_jsonable, write_json
+from calib.io import atomic_path, to_jsonable, write_json
+from calib.pipeline.context import RunContext, load_run
 
-
-@dataclass
-class RunContext:
-    """A run folder's dataset, split, epsilon table and models (loaded on first use)."""
-
-    run_dir: Path
-    summary: dict[str, Any]
-    dataset: Any
-    splits: Any
-    table: Any
-    device: str = "cpu"
-    _models: dict[str, nn.Module] = field(default_factory=dict)
-
-    @property
-    def seed(self) -> int:
-        return int(self.summary["run"]["seed"])
-
-    @property
-    def run_config(self) -> dict[str, Any]:
-        return self.summary["run"]
-
-    def model(self, name: str) -> nn.Module:
-        """``classifier``, ``embedding`` or ``embedding2`` from ``models/`` (hash-checked)."""
-        if name not in self._models:
-            from calib.models import load_model
-
-            self._models[name] = load_model(self.run_dir / "models" / name, self.device)[0]
-        return self._models[name]
-
-    def provenance(self) -> dict[str, Any]:
-        from calib.models.artefact import versions
-
-        return {"run": str(self.run_dir), "dataset": self.dataset.name, "fingerprint": self.dataset.fingerprint,
-                "seed": self.seed, "eps_table_sha256": _sha(self.run_dir / "eps_table.json"),
-                "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def _sha(path: Path) -> str:
-    from calib.io import sha256_file
-
-    return sha256_file(path)
-
-
-def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> RunContext:
-    """Open a run folder written by ``calib run`` (its dataset is reloaded and fingerprint-checked)."""
-    from calib.budgets import load_table
-    from calib.data import load_dataset, split_dataset
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "summary.json").exists():
-        raise DataError(f"{run_dir} is not a finished run folder (no summary.json); run `calib run` first")
-    summary = read_json(run_dir / "summary.json", DataError, "run summary")
-    cfg = summary.get("run") or {}
-    ds = load_dataset(cfg.get("dataset", "digits"), cfg.get("data_dir"))
-    if ds.fingerprint != summary["dataset"]["fingerprint"]:
-        raise DataError(f"{run_dir}: the dataset on disk ({ds.fingerprint[:12]}…) is not the one the run used "
-                        f"({summary['dataset']['fingerprint'][:12]}…)")
-    splits = split_dataset(ds, seed=int(cfg["seed"]), fractions=tuple(cfg["fractions"]))
-    return RunContext(run_dir, summary, ds, splits, load_table(run_dir / "eps_table.json"), device)
+__all__ = ["RunContext", "load_run", "save_experiment", "load_experiments", "per_class"]
 
 
 def save_experiment(run_dir: str | os.PathLike[str], name: str, summary: dict[str, Any],

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from calib.budgets import EpsTable, Policy, geometric_table
 from calib.data import Dataset, Splits
 from calib.errors import ArtefactError, ConfigError
@@ -83,3 +85,59 @@ def budgets_stage(stats_dir: Path, policy: Policy, pair: str, out: Path | None =
     path = out or Path(stats_dir) / "eps_table.json"
     table.save(path)
     return table, path
+
+
+def audit_external(ctx, x_adv: np.ndarray, indices: np.ndarray, *, norm: str = "linf",
+                   eps: np.ndarray | float | None = None, config=None) -> tuple[Any, dict[str, np.ndarray]]:
+    """Audit adversarial examples made elsewhere (torchattacks, ART, foolbox, ...) with a run's models.
+
+    Args:
+        ctx: :class:`calib.pipeline.context.RunContext` of the run.
+        x_adv: (N, C, H, W) adversarial images in [0,1].
+        indices: (N,) dataset indices of the clean images (test or calibration part; training
+            images are the audit's reference set and are refused).
+        norm: the attack's input norm (``linf``/``l2``) for interpolation and the budget ball.
+        eps: the budget each example was made under (scalar or (N,)); default: its own distance.
+    Returns:
+        the :class:`calib.audit.AuditResult` and the attack arrays (``x``, ``x_adv``, ...).
+    """
+    from calib.attacks.invariants import perturbation_norms
+    from calib.audit import AuditConfig, audit, build_reference
+    from calib.errors import DataError
+    from calib.models.infer import forward_batched
+
+    ds = ctx.dataset
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise DataError(f"indices must be a 1-D integer array; got shape {idx.shape}, dtype {idx.dtype}")
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= len(ds):
+        raise DataError(f"indices must lie in [0, {len(ds) - 1}] (dataset indices of the clean images)")
+    x = ds.images[idx]
+    if x_adv.shape != x.shape:
+        raise DataError(f"x_adv has shape {tuple(x_adv.shape)}; the {idx.size} clean images have {tuple(x.shape)}")
+    if not np.isfinite(x_adv).all():
+        raise DataError("x_adv contains NaN or inf")
+    if x_adv.min() < 0 or x_adv.max() > 1:
+        raise DataError(f"x_adv must lie in [0, 1]; found [{float(x_adv.min()):.4g}, {float(x_adv.max()):.4g}]")
+    if np.isin(idx, ctx.splits.train.indices).any():
+        raise DataError("some indices are training images (the audit's reference set); attack test or "
+                        "calibration images")
+    x_adv = np.ascontiguousarray(x_adv, np.float32)
+    y = ds.labels[idx]
+    f, g = ctx.model("classifier"), ctx.model("embedding")
+    embs = {"g": g}
+    if (ctx.run_dir / "models" / "embedding2.json").exists():
+        embs["g2"] = ctx.model("embedding2")
+    if eps is None:
+        import torch
+
+        eps = perturbation_norms(torch.from_numpy(x), torch.from_numpy(x_adv), norm).double().numpy()
+    eps = np.broadcast_to(np.asarray(eps, np.float64), (idx.size,)).copy()
+    pred = forward_batched(f, x_adv).argmax(1).numpy()
+    ref = build_reference(f, embs, ctx.splits.train.images, ctx.splits.train.labels)
+    result = audit(x, x_adv, y, pred, norm=norm, eps=eps, reference=ref, embeddings=embs,
+                   config=config or AuditConfig(), num_classes=ds.num_classes)
+    result.arrays["indices"] = idx
+    arrays = {"x": x, "x_adv": x_adv, "labels": y, "pred": pred, "eps": eps, "indices": idx,
+              "success": pred != y}
+    return result, arrays

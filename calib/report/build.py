@@ -382,6 +382,8 @@ def _eps_desc(a: Any) -> str:
         return f"{norm} {spec.get('eps')}"
     if a.meta.get("budget") == "embedding":
         return f"embedding ball per class, cap {norm} {spec.get('cap')}"
+    if a.meta.get("budget") == "imported":
+        return f"imported ({norm})"
     return f"{norm} per class (table)"
 
 
