@@ -146,6 +146,9 @@ def run(ctx: typer.Context,
                                                "examples (stratified). Default: all."),
         no_attacks: bool = typer.Option(False, "--no-attacks", help="Stop after the epsilon table."),
         no_report: bool = typer.Option(False, "--no-report", help="Do not write report.html."),
+        robust_embedding: bool = typer.Option(False, "--robust-embedding", help="Train g as a robust triplet "
+                                              "embedding (PGD anchors in an L-inf ball of 0.1; tune in the "
+                                              "config file's [robust_embedding] section)."),
         fresh: bool = typer.Option(False, "--fresh", help="Ignore cached stages and recompute everything."),
         no_progress: bool = NoProgressOpt) -> None:
     """The main job: models, statistics, budgets, attacks, audit, report (stages cached and resumable)."""
@@ -163,6 +166,8 @@ def run(ctx: typer.Context,
         overrides |= {"classifier_epochs": epochs, "embedding_epochs": epochs}
     if no_report:
         overrides["report"] = False
+    if robust_embedding:
+        overrides["robust_embedding"] = {}
     if no_progress:
         overrides["progress"] = False
     cfg = load_run_config(config, overrides) if config else run_config_from_mapping(overrides, "options")

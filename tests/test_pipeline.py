@@ -144,6 +144,9 @@ def test_config_files(tmp_path):
     cfg = load_run_config(t)
     assert (cfg.seed, cfg.q, cfg.attack.norms, cfg.attack.n, cfg.audit.ssim_min) == (3, 0.1, ("linf", "l2"), 10, 0.8)
     assert load_run_config(t, {"seed": 5}).seed == 5
+    t.write_text("[robust_embedding]\neps = 0.05\nattack = 'fgsm'\n")
+    cfg = load_run_config(t)
+    assert cfg.robust_embedding.mix().describe()["eps"] == 0.05 and cfg.robust_embedding.attack == "fgsm"
     y = tmp_path / "a.yaml"
     y.write_text("seed: 2\nsemantic: false\nattack:\n  steps: 4\n")
     cfg = load_run_config(y)
@@ -221,3 +224,20 @@ def test_cli_audits_imported_adversarial_examples(tiny_run, tmp_path, capsys):
         assert msg in err and err.count("\n") == 1
     path.write_bytes(b"PK\x03\x04 truncated")
     assert main(["audit", str(out), "--adversarial", str(path)]) == 2
+
+
+def test_run_with_a_robust_embedding(tiny_run, tmp_path):
+    """`robust_embedding` trains g with the adversarial triplet mixture; only g and what depends on it rerun."""
+    import shutil
+
+    from calib.pipeline import RobustEmbeddingConfig
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    summary = run(tiny(out, robust_embedding=RobustEmbeddingConfig(eps=0.05, steps=1), attack=None, report=False))
+    assert summary["stages"]["classifier"]["reused"] and summary["stages"]["embedding2"]["reused"]
+    assert not summary["stages"]["embedding"]["reused"] and not summary["stages"]["budgets"]["reused"]
+    record = json.loads((out / "models" / "embedding.json").read_text())
+    assert record["training"]["adversarial"]["eps"] == 0.05
+    with pytest.raises(ConfigError):
+        tiny(out, robust_embedding=RobustEmbeddingConfig(attack="cw"))

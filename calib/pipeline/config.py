@@ -1,8 +1,9 @@
 """Options of ``calib run`` (:class:`RunConfig`) and the TOML/YAML config file that can replace flags.
 
 A config file holds the same names as :class:`RunConfig`'s fields, with the nested sections
-``[semantic]`` (:class:`SemanticConfig`), ``[attack]`` (:class:`AttackConfig`) and ``[audit]``
-(:class:`calib.audit.AuditConfig`). Unknown keys are errors, so a typo never silently falls back
+``[semantic]`` (:class:`SemanticConfig`), ``[attack]`` (:class:`AttackConfig`), ``[audit]``
+(:class:`calib.audit.AuditConfig`) and ``[robust_embedding]`` (:class:`RobustEmbeddingConfig`;
+present = train g as a robust triplet embedding). Unknown keys are errors, so a typo never silently falls back
 to a default.
 """
 from __future__ import annotations
@@ -79,6 +80,25 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class RobustEmbeddingConfig:
+    """Train the run's embedding g as a robust triplet embedding (see
+    :mod:`calib.train.adversarial`): clean-loss weight ``alpha``, anchors maximising the embedding
+    shift in a ``norm`` ball of radius ``eps`` found by ``attack`` (``fgsm``/``pgd``, ``steps``)."""
+
+    alpha: float = 0.5
+    eps: float = 0.1
+    norm: str = "linf"
+    attack: str = "pgd"
+    steps: int = 3
+
+    def mix(self):
+        from calib.train.adversarial import AdversarialMix
+
+        return AdversarialMix(alpha=self.alpha, eps=float(self.eps), norm=self.norm, attack=self.attack,
+                              steps=self.steps)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Options of the main job; defaults are the README quick start on digits."""
 
@@ -94,6 +114,7 @@ class RunConfig:
     embedding_epochs: int = 20
     second_embedding: bool = True
     embedding_dim: int = 64
+    robust_embedding: RobustEmbeddingConfig | None = None
     margin: float = 0.2
     miner: str = "semihard"
     q: float = 0.05
@@ -125,6 +146,8 @@ class RunConfig:
         if self.tsne_points < 10 or self.gallery_per_class < 1:
             raise ConfigError("tsne_points must be >= 10 and gallery_per_class >= 1")
         Policy(q=self.q, s=self.s, rule=self.rule)
+        if self.robust_embedding is not None:
+            self.robust_embedding.mix()  # validates
         StatsConfig(pairs=(self.pair,), matrix_modes=tuple(self.matrix_modes))
 
     def run_dir(self) -> Path:
@@ -133,7 +156,8 @@ class RunConfig:
         return Path("reports") / (self.name or default_run_name(self.dataset, self.seed))
 
 
-_NESTED = {"semantic": SemanticConfig, "attack": AttackConfig, "audit": AuditConfig}
+_NESTED = {"semantic": SemanticConfig, "attack": AttackConfig, "audit": AuditConfig,
+           "robust_embedding": RobustEmbeddingConfig}
 
 
 def _coerce(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -107,14 +107,17 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
                                    "train": _train_key(clf_train)}, _model_outputs("classifier"), do_classifier)
     emb_train = TrainConfig(epochs=config.embedding_epochs, seed=config.seed, **common)
     emb_opts = {"dim": config.embedding_dim, "margin": config.margin, "miner": config.miner}
+    robust = config.robust_embedding.mix() if config.robust_embedding is not None else None
 
     def do_embedding() -> dict[str, Any]:
-        m = train_embedding(splits.train, emb_train, test=splits.test, split_seed=config.seed, **emb_opts)
+        m = train_embedding(splits.train, emb_train, test=splits.test, split_seed=config.seed, adversarial=robust,
+                            **emb_opts)
         return {"metrics": m.metrics, "weights_sha256": m.save(models / "embedding")["weights_sha256"],
                 "training_seconds": m.training["seconds"]}
 
     emb = cache.run("embedding", {"v": STAGE_VERSIONS["embedding"], "data": data_key,
-                                  "train": _train_key(emb_train), **emb_opts},
+                                  "train": _train_key(emb_train), **emb_opts,
+                                  **({"robust": robust.describe()} if robust else {})},
                     _model_outputs("embedding"), do_embedding)
     emb2 = None
     if config.second_embedding:
