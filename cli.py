@@ -321,7 +321,7 @@ def _import_adversarial(run_dir: Path, path: Path, name: str, norm: str) -> None
     import zipfile
 
     from calib.errors import ConfigError, DataError
-    from calib.io import atomic_path
+    from calib.io import write_npz
     from calib.pipeline.context import load_run
     from calib.pipeline.stages import audit_external
 
@@ -342,9 +342,7 @@ def _import_adversarial(run_dir: Path, path: Path, name: str, norm: str) -> None
     ctx = load_run(run_dir)
     result, att = audit_external(ctx, arrays["x_adv"], arrays["indices"], norm=norm, eps=arrays.get("eps"))
     result.meta |= {"attack": name, "budget": "imported", "spec": {"norm": norm, "source": str(path)}}
-    with atomic_path(run_dir / "attacks" / f"{name}.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **att)
+    write_npz(run_dir / "attacks" / f"{name}.npz", att)
     result.save(run_dir / "audit", name, ctx.dataset.class_names)
     from calib.report import write_report
 

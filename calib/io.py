@@ -52,6 +52,13 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Binar
             os.fsync(fh.fileno())
 
 
+def write_npz(path: str | os.PathLike[str], arrays: dict[str, Any]) -> None:
+    """Write ``arrays`` as a compressed ``.npz`` atomically (read back with ``allow_pickle=False``)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as pretty, key-sorted JSON, atomically. NaN/inf are refused (not valid JSON)."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)

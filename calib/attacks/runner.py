@@ -16,7 +16,7 @@ from calib.attacks.invariants import perturbation_norms
 from calib.attacks.objectives import ClassifierLoss, EmbeddingShift
 from calib.attacks.pgd import fgsm, pgd
 from calib.errors import ConfigError
-from calib.io import atomic_path, write_json
+from calib.io import write_json, write_npz
 from calib.progress import progress
 
 ATTACKS = ("fgsm", "pgd", "embedding-pgd", "shift")
@@ -129,9 +129,7 @@ def run_attack(spec: AttackSpec, classifier: nn.Module, embedding: nn.Module | N
 def save_attack(result: dict[str, Any], folder: str | os.PathLike[str], name: str, **provenance: Any) -> Path:
     """Write ``<name>.npz`` (arrays) and ``<name>.json`` (summary + provenance) atomically."""
     folder = Path(folder)
-    with atomic_path(folder / f"{name}.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **result["arrays"])
+    write_npz(folder / f"{name}.npz", result["arrays"])
     write_json(folder / f"{name}.json", {**result["summary"], "provenance": provenance})
     return folder / f"{name}.json"
 

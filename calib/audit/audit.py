@@ -30,7 +30,7 @@ from calib.audit.interpolation import ball_has_wrong, interpolation
 from calib.audit.knn import knn_labels
 from calib.audit.perceptibility import ONE_LEVEL, perceptibility
 from calib.errors import ConfigError, DataError
-from calib.io import atomic_path, to_jsonable, write_json
+from calib.io import to_jsonable, write_json, write_npz
 from calib.models.infer import forward_batched
 
 FLAGS = ("success", "perceptible", "detected", "class_changed", "interpolated", "ball_has_wrong", "valid")
@@ -115,9 +115,7 @@ class AuditResult:
     def save(self, folder: str | os.PathLike[str], name: str, class_names: list[str] | tuple[str, ...]) -> Path:
         """``<name>.npz`` (arrays, no pickle) and ``<name>.json`` (summary), written atomically."""
         folder = Path(folder)
-        with atomic_path(folder / f"{name}.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **self.arrays)
+        write_npz(folder / f"{name}.npz", self.arrays)
         write_json(folder / f"{name}.json", to_jsonable(self.summary(class_names)))
         return folder / f"{name}.json"
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from calib.errors import DataError
-from calib.io import atomic_path, to_jsonable, write_json
+from calib.io import to_jsonable, write_json, write_npz
 from calib.pipeline.context import RunContext, load_run
 
 __all__ = ["RunContext", "load_run", "save_experiment", "load_experiments", "per_class"]
@@ -23,9 +23,7 @@ def save_experiment(run_dir: str | os.PathLike[str], name: str, summary: dict[st
                     arrays: dict[str, np.ndarray] | None = None) -> Path:
     """Write ``experiments/<name>.npz`` then ``<name>.json`` atomically; returns the JSON path."""
     folder = Path(run_dir) / "experiments"
-    with atomic_path(folder / f"{name}.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **(arrays or {}))
+    write_npz(folder / f"{name}.npz", arrays or {})
     write_json(folder / f"{name}.json", to_jsonable({"experiment": name, **summary}))
     return folder / f"{name}.json"
 

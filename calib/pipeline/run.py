@@ -20,7 +20,7 @@ import numpy as np
 from calib.budgets import Policy, geometric_table, load_table
 from calib.data import Dataset, Splits, load_dataset, split_dataset
 from calib.data.split import stratified_indices
-from calib.io import write_json
+from calib.io import write_json, write_npz
 from calib.models import load_model
 from calib.models.artefact import versions
 from calib.pipeline.cache import StageCache, StageRecord, source_hash
@@ -181,7 +181,7 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
 
         def do_report() -> dict[str, Any]:
             write_report(out, out / "report.html", gallery_per_class=config.gallery_per_class,
-                         context={"run": _jsonable_config(config), "versions": versions()})
+                         context={"run": asdict(config), "versions": versions()})
             return {}
 
         report = cache.run("report", {"v": STAGE_VERSIONS["report"], "code": source_hash("calib.report"),
@@ -190,7 +190,7 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
                            ["report.html"], do_report)
 
     summary = {
-        "run": _jsonable_config(config),
+        "run": asdict(config),
         "dataset": ds.describe(),
         "splits": splits.describe(),
         "models": {"classifier": clf.info, "embedding": emb.info, **({"embedding2": emb2.info} if emb2 else {})},
@@ -211,10 +211,6 @@ def _train_key(cfg: TrainConfig) -> dict[str, Any]:
     d = cfg.to_json()
     d.pop("device", None)  # where it ran is provenance, not an input; CUDA users re-run with --fresh
     return d
-
-
-def _jsonable_config(config: RunConfig) -> dict[str, Any]:
-    return asdict(config)
 
 
 def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits: Splits, data_key: dict,
@@ -238,14 +234,17 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
             loaded[name] = load_model(models / name, device)[0]
         return loaded[name]
 
+    def embeddings() -> dict[str, Any]:
+        """The audit's embeddings: g, and the independent g2 when the run trained it."""
+        return {"g": model("embedding")} | ({"g2": model("embedding2")} if emb2 else {})
+
     table = load_table(out / "eps_table.json")
     ref_holder: dict[str, Any] = {}
 
     def reference():
         if "ref" not in ref_holder:
-            embs = {"g": model("embedding")} | ({"g2": model("embedding2")} if emb2 else {})
             tr = splits.train
-            ref_holder["ref"] = build_reference(model("classifier"), embs, tr.images, tr.labels, device)
+            ref_holder["ref"] = build_reference(model("classifier"), embeddings(), tr.images, tr.labels, device)
         return ref_holder["ref"]
 
     results = {}
@@ -276,8 +275,7 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
                 x_adv, pred, eps = z["x_adv"], z["pred"], z["eps"]
             if ball_space == "embedding":
                 eps = table.eps("embedding", "l2")[y]
-            embs = {"g": model("embedding")} | ({"g2": model("embedding2")} if emb2 else {})
-            result = audit(x, x_adv, y, pred, norm=spec.norm, eps=eps, reference=reference(), embeddings=embs,
+            result = audit(x, x_adv, y, pred, norm=spec.norm, eps=eps, reference=reference(), embeddings=embeddings(),
                            config=config.audit, ball_space=ball_space, num_classes=ds.num_classes, device=device)
             result.meta |= {"attack": name, "budget": item["budget"], "spec": asdict(spec)}
             result.arrays["indices"] = test.indices[sel]
@@ -320,11 +318,7 @@ def _probe_stage(config: RunConfig, cache: StageCache, splits: Splits, emb: Stag
         for name, model in embs.items():
             arrays[f"knn_{name}"] = knn_labels(forward_batched(model, p.images).numpy(), ref.embeddings[name],
                                                ref.labels, config.audit.k)
-        from calib.io import atomic_path
-
-        with atomic_path(out / "probe.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, eps=np.float64(p.eps), **arrays)
+        write_npz(out / "probe.npz", {"eps": np.float64(p.eps), **arrays})
         return {"eps": p.eps, "classifier_fooled": float((arrays["pred"] != arrays["class0"]).mean()),
                 "knn_g_changed": float((arrays["knn_g"] != arrays["class0"]).mean())}
 
@@ -345,11 +339,7 @@ def _projection_stage(config: RunConfig, cache: StageCache, ds: Dataset, emb: St
         g = load_model(out / "models" / "embedding")[0]
         sel = attack_subset(ds.labels, config.tsne_points, config.seed)
         arrays = project(g, ds.images[sel], seed=config.seed)
-        from calib.io import atomic_path
-
-        with atomic_path(out / "projection.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, indices=sel, labels=ds.labels[sel], **arrays)
+        write_npz(out / "projection.npz", {"indices": sel, "labels": ds.labels[sel], **arrays})
         return {"points": int(sel.size)}
 
     return cache.run("projection", {"v": STAGE_VERSIONS["projection"], "data": ds.fingerprint,

@@ -25,7 +25,7 @@ import numpy as np
 
 from calib.data import PARTS, Dataset, Splits
 from calib.errors import ConfigError, DataError
-from calib.io import atomic_path, to_jsonable, write_json
+from calib.io import to_jsonable, write_json, write_npz
 from calib.models.artefact import versions
 from calib.progress import progress
 from calib.stats.neighbours import NORMS, SameDiff, same_diff
@@ -160,9 +160,7 @@ class Stats:
         for (space, norm, mode), m in self.matrices.items():
             key = f"matrix__{space}__{norm}__{mode}__"
             arrays |= {key + f: v for f, v in m.arrays().items()}
-        with atomic_path(folder / "stats.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
+        write_npz(folder / "stats.npz", arrays)
         write_json(folder / "stats.json", to_jsonable(self.summary()))
         return folder / "stats.json"
 
