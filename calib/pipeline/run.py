@@ -85,10 +85,10 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
     """Run (or resume) the whole pipeline; returns the summary also written to ``summary.json``."""
     t0 = time.perf_counter()
     out = config.run_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    cache = StageCache(out, on_stage)
     ds = load_dataset(config.dataset, config.data_dir, download=config.download)
     splits = split_dataset(ds, seed=config.seed, fractions=config.fractions)
+    out.mkdir(parents=True, exist_ok=True)  # only once the data loaded: a bad dataset leaves nothing behind
+    cache = StageCache(out, on_stage)
     data_key = {"dataset": ds.fingerprint, "split_seed": config.seed, "fractions": list(config.fractions),
                 **{p: getattr(splits, p).fingerprint for p in ("train", "calibration", "test")}}
     common = {"device": config.device, "progress": config.progress}
