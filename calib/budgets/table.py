@@ -1,18 +1,24 @@
 """The epsilon table: versioned JSON (and a flat CSV view) that other attack code imports.
 
-JSON document (``schema = "calib-eps-table"``, ``version = 1``)::
+JSON document (``schema = "calib-eps-table"``, ``version = 2``)::
 
     {
-      "schema": "calib-eps-table", "version": 1,
+      "schema": "calib-eps-table", "version": 2,
       "dataset": {"name": "mnist", "fingerprint": "<sha256 of the whole dataset>",
                   "class_names": ["0", ..., "9"], "image_shape": [1, 28, 28], "value_range": [0, 1]},
-      "policy": {"method": "geometric", "q": 0.05, "s": 1.0, "quantile_method": "linear",
-                 "pair": "calibration-train"},
+      "policy": {"method": "final", "q": 0.05, "s": 1.0, "quantile_method": "linear",
+                 "pair": "calibration-train",
+                 "semantic": {"judge": {"name": "knn", ...}, "bound": "empirical", ...}},
       "budgets": {                       # key: "<space>/<norm>", space in input|embedding,
         "input/linf": {                  # norm in linf|l2|l1; lists are indexed by class label
-          "eps": [...], "coverage": [...], "n": [...],
-          "components": {"half_d_diff_q": [...], "d_same_q": [...]}   # optional
-        }, ...
+          "eps": [...], "coverage": [...], "n": [...], "rule": "min(geometric, semantic)",
+          "components": {"geometric": [...], "half_d_diff_q": [...], "d_same_q": [...],
+                         "semantic": {"judge": "knn", "bound": "empirical",
+                                      "empirical": [...],    # upper bound; null = no change found
+                                      "certified": [...] | null}}   # lower bound, if certified
+        },
+        "embedding/l2": {"eps": [...], ..., "rule": "margin",   # s * Q_q{(d_diff_g - d_same_g) / 2}
+                         "components": {"margin_q": [...], "negative_margin_share": [...]}}
       },
       "baselines": {"input/linf": {"0.3": {"either": [...], "contains_same": [...],
                                            "reaches_halfway": [...]}}, ...},     # optional
@@ -41,7 +47,11 @@ from calib.errors import CalibError
 from calib.io import atomic_open, read_json, read_text, to_jsonable, write_json
 
 SCHEMA = "calib-eps-table"
-VERSION = 1
+VERSION = 2
+#: what changed since each older version, for the one-line refusal
+CHANGES = {1: "version 2 computes the embedding budget as the 1-NN margin s*Q_q{(d_diff_g - d_same_g)/2} "
+              "(version 1 used min(Q_q{d_diff_g/2}, Q_q{d_same_g})) and records semantic budgets as "
+              "[certified, empirical] brackets of a named judge; recompute it with `calib run` or `calib budgets`"}
 TABLE_SPACES = ("input", "embedding")
 TABLE_NORMS = ("linf", "l2", "l1")
 CSV_FIELDS = ("dataset", "dataset_fingerprint", "class", "class_name", "space", "norm", "method", "q", "s",
@@ -205,7 +215,9 @@ def validate(doc: Any, where: str = "eps table") -> None:
     if "version" not in doc:
         fail("missing version")
     if doc["version"] != VERSION:
-        fail(f"version {doc['version']!r} is not supported (this calib reads version {VERSION})")
+        why = CHANGES.get(doc["version"]) if isinstance(doc["version"], int) else None
+        fail(f"version {doc['version']!r} is not supported (this calib reads version {VERSION})"
+             + (f": {why}" if why else ""))
     ds = doc.get("dataset")
     if not isinstance(ds, dict) or not isinstance(ds.get("fingerprint"), str) or not ds.get("fingerprint"):
         fail("dataset.fingerprint is missing")
@@ -238,8 +250,36 @@ def validate(doc: Any, where: str = "eps table") -> None:
             if len(vals) != k:
                 fail(f"{key}: {fld} has {len(vals)} values for {k} classes (missing classes?)")
         for c, v in enumerate(b["eps"]):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if not _nonneg(v):
                 fail(f"{key}: eps for class {names[c]!r} is {v!r}; it must be a finite number >= 0")
+        sem = (b.get("components") or {}).get("semantic") if isinstance(b.get("components"), dict) else None
+        if sem is not None:
+            _validate_semantic(sem, key, names, fail)
+
+
+def _nonneg(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+
+
+def _validate_semantic(sem: Any, key: str, names: list[str], fail) -> None:
+    """A semantic bracket: per class an empirical (upper) value or null (no change found) and, when
+    certified, a certified (lower) value that never exceeds it."""
+    if not isinstance(sem, dict) or not isinstance(sem.get("judge"), str):
+        fail(f"{key}: components.semantic must name its judge")
+    if sem.get("bound") not in ("empirical", "certified"):
+        fail(f"{key}: components.semantic.bound must be empirical or certified; got {sem.get('bound')!r}")
+    emp, cert = sem.get("empirical"), sem.get("certified")
+    if not isinstance(emp, list) or len(emp) != len(names) or not all(v is None or _nonneg(v) for v in emp):
+        fail(f"{key}: components.semantic.empirical must hold one number >= 0 (or null) per class")
+    if cert is None:
+        if sem["bound"] == "certified":
+            fail(f"{key}: the final budget uses the certified bound but the table has no certified values")
+        return
+    if not isinstance(cert, list) or len(cert) != len(names) or not all(_nonneg(v) for v in cert):
+        fail(f"{key}: components.semantic.certified must hold one number >= 0 per class")
+    for c, (lo, hi) in enumerate(zip(cert, emp)):
+        if hi is not None and lo > hi + 1e-12:
+            fail(f"{key}: certified semantic budget {lo!r} exceeds the empirical one {hi!r} for class {names[c]!r}")
 
 
 def table_from_budgets(*, dataset: dict[str, Any], policy: dict[str, Any], budgets: dict[str, Any],
