@@ -8,6 +8,8 @@ Architectures (``arch``):
     ``cnn``        for 28x28 (MNIST family): 4 conv (32, 32, 64, 64) + 2 pools + FC 128.
     ``mlp``        any size: one hidden layer of 256 + FC 128 (a different architecture family,
                    e.g. the second model of the transferability experiment).
+    ``lipschitz-mlp``  embeddings only: orthogonal linear layers and MaxMin activations, with a
+                   computed L2 Lipschitz constant (:mod:`calib.models.lipschitz`); not unit-normalised.
 """
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ def _mlp_trunk(input_shape: tuple[int, int, int]) -> nn.Sequential:
 
 TRUNKS: dict[str, Callable[[int], nn.Sequential]] = {"cnn-small": _small_trunk, "cnn": _mnist_trunk}
 ARCHS = (*TRUNKS, "mlp")
+#: the certified-Lipschitz embedding (:mod:`calib.models.lipschitz`), embeddings only
+LIPSCHITZ_ARCH = "lipschitz-mlp"
 HIDDEN = 128
 
 
@@ -107,6 +111,11 @@ def build_model(spec: dict) -> nn.Module:
         if kind == "classifier":
             return Classifier(arch=arch, input_shape=shape, num_classes=int(spec["num_classes"]),
                               dropout=float(spec.get("dropout", 0.25)))
+        if kind == "embedding" and arch == LIPSCHITZ_ARCH:
+            from calib.models.lipschitz import LipschitzEmbedding
+
+            return LipschitzEmbedding(input_shape=shape, width=int(spec["width"]), depth=int(spec["depth"]),
+                                      dim=int(spec["dim"]))
         if kind == "embedding":
             return EmbeddingNet(arch=arch, input_shape=shape, dim=int(spec["dim"]))
         raise ValueError(f"unknown model kind {kind!r}")

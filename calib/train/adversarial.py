@@ -119,6 +119,6 @@ def mixed_triplet(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mix: Adver
     clean = loss_fn(emb, y, miner_fn(emb, y))
     # every margin-violating triplet of the adversarial anchors: a semi-hard miner would skip
     # exactly the anchors the attack moved furthest (their positives are further than negatives)
-    adv_miner = miners.TripletMarginMiner(margin=loss_fn.margin, type_of_triplets="all")
+    adv_miner = miners.TripletMarginMiner(margin=loss_fn.margin, type_of_triplets="all", distance=loss_fn.distance)
     robust = loss_fn(adv, y, adv_miner(adv, y, emb, y), emb, y)
     return mix.alpha * clean + (1 - mix.alpha) * robust

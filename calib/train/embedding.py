@@ -20,6 +20,7 @@ from calib.data import Dataset
 from calib.device import resolve_device, seed_everything
 from calib.errors import ConfigError
 from calib.models import build_model, default_arch
+from calib.models.nets import LIPSCHITZ_ARCH
 from calib.models.infer import forward_batched
 from calib.train.loop import TrainConfig, fit
 from calib.train.result import TrainedModel, data_provenance
@@ -32,19 +33,21 @@ log = logging.getLogger(__name__)
 MINERS = ("semihard", "hard", "all")
 
 
-def make_loss_and_miner(margin: float, miner: str):
-    """The pytorch-metric-learning loss and miner for ``miner`` in ``semihard | hard | all``."""
-    from pytorch_metric_learning import losses, miners
+def make_loss_and_miner(margin: float, miner: str, normalize: bool = True):
+    """The pytorch-metric-learning loss and miner for ``miner`` in ``semihard | hard | all``; L2
+    distance between unit-normalised embeddings, or between raw ones with ``normalize=False``."""
+    from pytorch_metric_learning import distances, losses, miners
 
     if not margin > 0:
         raise ConfigError(f"triplet margin must be > 0; got {margin}")
-    loss = losses.TripletMarginLoss(margin=margin)
+    dist = distances.LpDistance(normalize_embeddings=normalize)
+    loss = losses.TripletMarginLoss(margin=margin, distance=dist)
     if miner == "semihard":
-        return loss, miners.TripletMarginMiner(margin=margin, type_of_triplets="semihard")
+        return loss, miners.TripletMarginMiner(margin=margin, type_of_triplets="semihard", distance=dist)
     if miner == "hard":
-        return loss, miners.BatchHardMiner()
+        return loss, miners.BatchHardMiner(distance=dist)
     if miner == "all":
-        return loss, miners.TripletMarginMiner(margin=margin, type_of_triplets="all")
+        return loss, miners.TripletMarginMiner(margin=margin, type_of_triplets="all", distance=dist)
     raise ConfigError(f"unknown miner {miner!r}; choose one of {', '.join(MINERS)}")
 
 
@@ -70,7 +73,8 @@ def retrieval_metrics(model: nn.Module, query: Dataset, reference: Dataset,
 def train_embedding(train: Dataset, config: TrainConfig, *, validation: Dataset | None = None,
                     test: Dataset | None = None, arch: str | None = None, dim: int = 64,
                     margin: float = 0.2, miner: str = "semihard",
-                    split_seed: int | None = None, adversarial: AdversarialMix | None = None) -> TrainedModel:
+                    split_seed: int | None = None, adversarial: AdversarialMix | None = None,
+                    width: int = 512, depth: int = 3) -> TrainedModel:
     """Train the embedding g on ``train`` with a triplet loss over mined in-batch triplets.
 
     Args:
@@ -83,6 +87,10 @@ def train_embedding(train: Dataset, config: TrainConfig, *, validation: Dataset 
         miner: ``semihard`` (default), ``hard`` (batch-hard) or ``all``.
         adversarial: a robust triplet embedding: mix the clean triplet loss with the loss of
             anchors that maximise the embedding shift (:mod:`calib.train.adversarial`).
+        arch: ``lipschitz-mlp`` trains the certified-Lipschitz embedding
+            (:mod:`calib.models.lipschitz`, hidden ``width`` x ``depth``): orthogonal weights during
+            training, triplet distances between raw (not normalised) embeddings, and the computed
+            constant recorded in ``metrics["lipschitz_l2"]``.
 
     ``config.batch_size=None`` means 256, so each batch holds many positives per class to mine.
     """
@@ -90,11 +98,18 @@ def train_embedding(train: Dataset, config: TrainConfig, *, validation: Dataset 
         config = dataclasses.replace(config, batch_size=256)
     if dim < 1:
         raise ConfigError(f"embedding dim must be >= 1; got {dim}")
-    loss_fn, miner_fn = make_loss_and_miner(margin, miner)
+    arch = arch or default_arch(train.image_shape)
+    lipschitz = arch == LIPSCHITZ_ARCH
+    loss_fn, miner_fn = make_loss_and_miner(margin, miner, normalize=not lipschitz)
     gen = seed_everything(config.seed)
-    spec = {"kind": "embedding", "arch": arch or default_arch(train.image_shape),
-            "input_shape": list(train.image_shape), "dim": dim}
+    spec = {"kind": "embedding", "arch": arch, "input_shape": list(train.image_shape), "dim": dim}
+    if lipschitz:
+        spec |= {"width": width, "depth": depth}
     model = build_model(spec)
+    if lipschitz:
+        from calib.models.lipschitz import orthogonalize
+
+        orthogonalize(model)
     device = resolve_device(config.device)
 
     def loss_hook(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -114,13 +129,20 @@ def train_embedding(train: Dataset, config: TrainConfig, *, validation: Dataset 
     history = fit(model, train, loss_hook, config, gen, evaluate, description="embedding")
     seconds = time.perf_counter() - t0
     metrics: dict[str, float] = {}
+    if lipschitz:
+        from calib.models.lipschitz import freeze, lipschitz_constant
+
+        freeze(model)
+        metrics["lipschitz_l2"] = lipschitz_constant(model)
+        log.info("lipschitz embedding: computed L2 Lipschitz constant %.6f", metrics["lipschitz_l2"])
     if test is not None:
         acc = retrieval_metrics(model, test, train, device)
-        metrics = {"test_precision_at_1": acc["precision_at_1"],
-                   "test_map_at_r": acc["mean_average_precision_at_r"], "num_test": len(test)}
+        metrics |= {"test_precision_at_1": acc["precision_at_1"],
+                    "test_map_at_r": acc["mean_average_precision_at_r"], "num_test": len(test)}
         log.info("embedding test precision@1 %.4f, MAP@R %.4f", metrics["test_precision_at_1"],
                  metrics["test_map_at_r"])
-    training = {"config": config.to_json(), "loss": f"TripletMarginLoss(margin={margin})",
+    training = {"config": config.to_json(),
+                "loss": f"TripletMarginLoss(margin={margin}, {'raw' if lipschitz else 'unit-normalised'} L2)",
                 "miner": miner, "margin": margin, "history": history, "seconds": seconds,
                 "adversarial": adversarial.describe() if adversarial is not None else None,
                 "device": str(device)}
