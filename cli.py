@@ -146,9 +146,13 @@ def run(ctx: typer.Context,
                                                "examples (stratified). Default: all."),
         no_attacks: bool = typer.Option(False, "--no-attacks", help="Stop after the epsilon table."),
         no_report: bool = typer.Option(False, "--no-report", help="Do not write report.html."),
-        robust_embedding: bool = typer.Option(False, "--robust-embedding", help="Train g as a robust triplet "
-                                              "embedding (PGD anchors in an L-inf ball of 0.1; tune in the "
-                                              "config file's [robust_embedding] section)."),
+        judge: Optional[str] = typer.Option(None, "--judge", help="Who decides 'the class changed' for the audit "
+                                            "and the semantic budgets: classifier, knn (default), knn2, robust, "
+                                            "lipschitz or ensemble (config: [judge] name = ...)."),
+        semantic_bound: Optional[str] = typer.Option(None, "--semantic-bound", help="Which side of the judge's "
+                                                     "robustness radius the final budget uses: empirical (attack, "
+                                                     "an upper estimate; default) or certified (a guaranteed "
+                                                     "lower bound; lipschitz judge)."),
         fresh: bool = typer.Option(False, "--fresh", help="Ignore cached stages and recompute everything."),
         no_progress: bool = NoProgressOpt) -> None:
     """The main job: models, statistics, budgets, attacks, audit, report (stages cached and resumable)."""
@@ -157,7 +161,7 @@ def run(ctx: typer.Context,
 
     from click.core import ParameterSource
 
-    from calib.pipeline import load_run_config, run as run_pipeline, run_config_from_mapping
+    from calib.pipeline import load_run_config, read_config_file, run as run_pipeline, run_config_from_mapping
 
     given = {k: v for k, v in ctx.params.items()
              if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
@@ -166,10 +170,18 @@ def run(ctx: typer.Context,
         overrides |= {"classifier_epochs": epochs, "embedding_epochs": epochs}
     if no_report:
         overrides["report"] = False
-    if robust_embedding:
-        overrides["robust_embedding"] = {}
+    if semantic_bound is not None:
+        overrides["semantic_bound"] = semantic_bound
     if no_progress:
         overrides["progress"] = False
+    if judge is not None:
+        from calib.judges import check_judge_name
+
+        check_judge_name(judge)
+        section = (read_config_file(config).get("judge") if config else None) or {}
+        if not isinstance(section, dict):
+            section = {}
+        overrides["judge"] = {**section, "name": judge}
     cfg = load_run_config(config, overrides) if config else run_config_from_mapping(overrides, "options")
     if no_attacks:
         cfg = dataclasses.replace(cfg, attack=None)
@@ -190,11 +202,10 @@ def run(ctx: typer.Context,
 
     summary = run_pipeline(cfg, on_stage=on_stage)
     table = Table("model", "held-out metric", "value", "weights sha256")
-    for key, label in (("classifier", "accuracy"), ("embedding", "precision@1"), ("embedding2", "precision@1")):
-        m = summary["models"].get(key)
-        if m:
-            metric = "test_accuracy" if key == "classifier" else "test_precision_at_1"
-            table.add_row(key, label, f"{m['metrics'][metric]:.4f}", m["weights_sha256"][:16])
+    for key, m in summary["models"].items():
+        metric, label = ("test_accuracy", "accuracy") if key == "classifier" else ("test_precision_at_1", "precision@1")
+        extra = f" (L2 Lipschitz {m['metrics']['lipschitz_l2']:.6f})" if "lipschitz_l2" in m["metrics"] else ""
+        table.add_row(key, label, f"{m['metrics'][metric]:.4f}{extra}", m["weights_sha256"][:16])
     console.print(f"[bold]{summary['dataset']['name']}[/] fingerprint {summary['dataset']['fingerprint'][:16]}…, "
                   f"seed {cfg.seed}", markup=True, highlight=False)
     console.print(table)
@@ -202,7 +213,7 @@ def run(ctx: typer.Context,
 
     _print_table(load_table(summary["eps_table"]))
     if summary["attacks"]:
-        t = Table("attack", "budget", "success", "valid")
+        t = Table("attack", "budget", "success", "valid", title=f"audit (judge: {summary['judge']})")
         for k, a in summary["attacks"].items():
             t.add_row(k, a["budget"], f"{a['success_rate']:.3f}", f"{a['valid_rate']:.3f}")
         console.print(t)
@@ -412,9 +423,26 @@ def stats(dataset: str = DatasetOpt, data_dir: Optional[Path] = DataDirOpt, down
 
 
 def _print_table(table) -> None:
-    t = Table("class", *[k for k in table.budgets], title="epsilon (coverage)")
+    sem = (table.policy.get("semantic") or {})
+    judge = (sem.get("judge") or {}).get("name") if isinstance(sem.get("judge"), dict) else sem.get("judge")
+    title = "epsilon (coverage)" + (f"; semantic [certified, empirical] of judge {judge}, final uses the "
+                                    f"{sem.get('bound')} bound" if judge else "")
+    cols = []
+    for key, b in table.budgets.items():
+        cols.append(key)
+        if (b.get("components") or {}).get("semantic"):
+            cols.append(f"{key} semantic")
+    t = Table("class", *cols, title=title)
     for c, name in enumerate(table.class_names):
-        t.add_row(name, *[f"{b['eps'][c]:.4g} ({b['coverage'][c]:.2f})" for b in table.budgets.values()])
+        row = [name]
+        for b in table.budgets.values():
+            row.append(f"{b['eps'][c]:.4g} ({b['coverage'][c]:.2f})")
+            sb = (b.get("components") or {}).get("semantic")
+            if sb:
+                emp = sb["empirical"][c]
+                cert = sb["certified"][c] if sb.get("certified") else None
+                row.append(f"[{'–' if cert is None else f'{cert:.4g}'}, {'none found' if emp is None else f'{emp:.4g}'}]")
+        t.add_row(*row)
     console.print(t)
     for key, base in table.baselines.items():
         for eps, v in base.items():
@@ -433,17 +461,28 @@ def budgets(run_dir: Optional[Path] = typer.Option(None, "--run", help="Folder w
             rule: str = typer.Option("quantile", "--rule", help="quantile: s*min(Q_q(d_diff/2), Q_q(d_same)) "
                                      "(DESIGN.md); coverage: largest eps whose coverage is >= 1-q."),
             out: Optional[Path] = typer.Option(None, "--out", help="Table path (default RUN/eps_table.json)."),
-            semantic: bool = typer.Option(False, "--semantic", help="Final budgets = min(geometric, semantic); "
-                                          "needs the run's embedding and the dataset."),
+            semantic: bool = typer.Option(False, "--semantic", help="Final budgets = min(geometric, semantic): the "
+                                          "judge's robustness radius; needs the run's models and the dataset."),
+            judge: str = typer.Option("knn", "--judge", help="The judge whose robustness radius sets the semantic "
+                                      "budget: classifier, knn, knn2, robust, lipschitz or ensemble (its models "
+                                      "must be in RUN/models)."),
+            semantic_bound: str = typer.Option("empirical", "--semantic-bound", help="empirical (attack: upper "
+                                               "estimate) or certified (guaranteed lower bound)."),
             semantic_norms: str = typer.Option("linf,l2", "--semantic-norms"),
-            semantic_iters: int = typer.Option(7, "--semantic-iters", min=1, help="Bisection steps on eps."),
-            semantic_steps: int = typer.Option(10, "--semantic-steps", min=1, help="Embedding-shift PGD steps."),
-            data_dir: Optional[Path] = DataDirOpt, no_progress: bool = NoProgressOpt) -> None:
+            semantic_iters: int = typer.Option(8, "--semantic-iters", min=0, help="Bisection probes per point."),
+            semantic_steps: int = typer.Option(10, "--semantic-steps", min=1, help="PGD steps per probe."),
+            data_dir: Optional[Path] = DataDirOpt, device: str = DeviceOpt,
+            no_progress: bool = NoProgressOpt) -> None:
     """Per-class epsilon budgets from saved statistics -> eps_table.json + .csv."""
     from calib.budgets import Policy
+    from calib.device import resolve_device
+    from calib.judges import check_judge_name
     from calib.pipeline import SemanticConfig, budgets_stage, default_run_dir
 
     folder = run_dir or default_run_dir(dataset, seed)
+    check_judge_name(judge)
+    if semantic_bound not in ("empirical", "certified"):
+        raise typer.BadParameter(f"--semantic-bound must be empirical or certified; got {semantic_bound!r}")
     sem = ds = None
     if semantic:
         from calib.data import load_dataset
@@ -452,7 +491,8 @@ def budgets(run_dir: Optional[Path] = typer.Option(None, "--run", help="Folder w
                              steps=semantic_steps)
         ds = load_dataset(dataset, data_dir)
     table, path = budgets_stage(folder, Policy(q=q, s=s, rule=rule), pair, out, semantic=sem, dataset=ds,
-                                embedding_path=folder / "models" / "embedding.json", show_progress=not no_progress)
+                                judge=judge, bound=semantic_bound, device=str(resolve_device(device)),
+                                show_progress=not no_progress)
     _print_table(table)
     console.print(f"written to {path} and {path.with_suffix('.csv')}")
 

@@ -114,7 +114,8 @@ def _doc(table):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.pop("version"), "missing version"),
-    (lambda d: d.update(version=2), "version 2 is not supported"),
+    (lambda d: d.update(version=3), "version 3 is not supported"),
+    (lambda d: d.update(version=1), "version 1 is not supported .*1-NN margin"),
     (lambda d: d.update(schema="other"), "schema is 'other'"),
     (lambda d: d["dataset"].pop("fingerprint"), "fingerprint is missing"),
     (lambda d: d["budgets"]["input/l2"]["eps"].pop(), "has 9 values for 10 classes"),
@@ -182,3 +183,62 @@ def test_coverage_rule_on_real_linf_ties(digits_stats):
     assert quant.coverage.min() < 0.95  # the DESIGN formula loses coverage to ties here
     with pytest.raises(ConfigError, match="unknown budget rule"):
         Policy(rule="magic")
+
+
+@pytest.fixture(scope="module")
+def embedded(digits, digits_splits):
+    """Statistics with a (briefly trained) embedding, and that embedding's vectors of the whole dataset."""
+    from calib.train import TrainConfig, embed, train_embedding
+
+    g = train_embedding(digits_splits.train, TrainConfig(epochs=3, seed=0, progress=False), dim=16).model
+    e = embed(g, digits.images)
+    stats = compute_stats(digits, digits_splits, StatsConfig(input_norms=("l2",), matrix_modes=("sampled",)),
+                          embeddings=e, show_progress=False)
+    return stats, e
+
+
+@pytest.mark.parametrize("rule", ["quantile", "coverage"])
+def test_embedding_margin_budget_matches_plain_numpy(embedded, digits_splits, rule):
+    """eps_emb(c) = s * Q_q{(d_diff_g - d_same_g) / 2} from the saved embeddings, brute force in float64."""
+    stats, e = embedded
+    cal, tr = digits_splits.calibration, digits_splits.train
+    ec, et = e[cal.indices].astype(np.float64), e[tr.indices].astype(np.float64)
+    d = np.sqrt(((ec[:, None] - et[None]) ** 2).sum(-1))
+    same = cal.labels[:, None] == tr.labels[None]
+    m = (np.where(~same, d, np.inf).min(1) - np.where(same, d, np.inf).min(1)) / 2
+    policy = Policy(q=0.1, s=0.8, rule=rule)
+    b = geometric_table(stats, policy).budgets["embedding/l2"]
+    assert b["rule"] == "margin"
+    for c in range(10):
+        mc = m[cal.labels == c]
+        if rule == "quantile":
+            eps = max(0.8 * np.quantile(mc, 0.1), 0.0)
+            assert b["eps"][c] == pytest.approx(eps, abs=1e-6)
+            assert b["components"]["margin_q"][c] == pytest.approx(np.quantile(mc, 0.1), abs=1e-6)
+        else:  # the largest radius whose coverage is >= 1 - q
+            assert np.mean(mc > b["eps"][c]) >= 0.9 - 1e-12
+        assert b["coverage"][c] == pytest.approx(np.mean(mc > b["eps"][c]))
+        assert b["components"]["negative_margin_share"][c] == pytest.approx(np.mean(mc <= 0))
+    ps = per_sample_budgets(stats, policy)["embedding/l2"]
+    np.testing.assert_allclose(ps["eps"], 0.8 * np.maximum(m, 0), atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 40), q=st.floats(0.0, 0.5), s=st.floats(0.1, 2.0), seed=st.integers(0, 2 ** 16))
+def test_margin_budget_properties(n, q, s, seed):
+    from calib.budgets import margin_budget
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], n)
+    d_same = rng.uniform(0, 1, 2 * n)
+    d_diff = rng.uniform(0, 1.5, 2 * n)
+    for rule in ("quantile", "coverage"):
+        b = margin_budget(d_same, d_diff, labels, 2, Policy(q=q, s=s, rule=rule))
+        m = (d_diff - d_same) / 2
+        assert (b.eps >= 0).all() and np.array_equal(b.margin, m)
+        for c in range(2):
+            assert b.coverage[c] == pytest.approx(np.mean(m[labels == c] > b.eps[c]))
+            if rule == "coverage" and s <= 1:
+                assert b.coverage[c] >= 1 - q - 1e-12 or b.eps[c] == 0
+    with pytest.raises(DataError, match="a class needs at least 2 points"):
+        margin_budget(np.array([np.inf, 0.1]), np.array([1.0, 1.0]), np.array([0, 1]), 2)

@@ -120,6 +120,8 @@ def test_stats_refuses_embedding_from_another_split(capsys, tmp_path):
 @pytest.mark.parametrize("content, message", [
     ("{oops", "not valid JSON"),
     ('{"schema": "calib-eps-table"}', "missing version"),
+    ('{"schema": "calib-eps-table", "version": 1}', "version 1 is not supported (this calib reads version 2): "
+                                                     "version 2 computes the embedding budget as the 1-NN margin"),
 ])
 def test_table_check_bad_tables(capsys, tmp_path, content, message):
     p = tmp_path / "t.json"
@@ -158,3 +160,25 @@ def test_attack_command_with_table_and_global_eps(capsys, tmp_path):
     assert proj["candidates"] > 0 and "g_forward_per_candidate" in proj
     rc, _, err = call(capsys, "attack", "--run", str(run), "--attack", "pgd", "--eps", "-1")
     assert rc == 2 and "eps" in err
+    # a judge kind the run has no model for: one line, exit 2, the table untouched
+    before = (run / "eps_table.json").read_bytes()
+    rc, _, err = call(capsys, "budgets", "--run", str(run), "--semantic", "--judge", "lipschitz", "--no-progress")
+    assert rc == 2 and "needs the model models/lipschitz-embedding" in err and err.count("\n") == 1
+    assert (run / "eps_table.json").read_bytes() == before
+    rc, _, err = call(capsys, "budgets", "--run", str(run), "--semantic", "--judge", "classifier", "--semantic-norms",
+                      "linf", "--semantic-iters", "2", "--semantic-steps", "2", "--no-progress")
+    assert rc == 0, err
+    table = json.loads((run / "eps_table.json").read_text())
+    assert table["policy"]["semantic"]["judge"]["name"] == "classifier"
+    assert (run / "semantic" / "classifier.npz").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--judge", "oracle"], "unknown judge 'oracle'"),
+    (["--semantic-bound", "certified"], "judge 'knn' has no certificate"),
+    (["--semantic-bound", "maybe"], "unknown semantic bound 'maybe'"),
+])
+def test_run_refuses_bad_judge_options(capsys, tmp_path, args, message):
+    rc, _, err = call(capsys, "run", "--out", str(tmp_path / "r"), *args)
+    assert rc == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()

@@ -21,19 +21,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_run_writes_every_artefact(tiny_run):
     out, summary = tiny_run
-    for rel in ("models/classifier.safetensors", "models/embedding.json", "models/embedding2.safetensors",
-                "stats.npz", "eps_table.json", "eps_table.csv", "probe.npz", "projection.npz", "report.html",
-                "summary.json", "attacks/pgd-global-linf.npz", "audit/embedding-pgd-linf.json"):
+    for rel in ("models/classifier.safetensors", "models/embedding.json", "stats.npz", "semantic/knn.npz",
+                "eps_table.json", "eps_table.csv", "per_sample_eps.npz", "probe.npz", "projection.npz",
+                "report.html", "summary.json", "attacks/pgd-global-linf.npz", "audit/embedding-pgd-linf.json"):
         assert (out / rel).is_file(), rel
+    assert not (out / "models" / "embedding2.json").exists()  # the default judge (knn) does not need g2
     assert set(summary["attacks"]) == {"pgd-global-linf", "pgd-table-linf", "embedding-pgd-linf"}
     assert not any(s["reused"] for s in summary["stages"].values())
     with np.load(out / "attacks" / "pgd-table-linf.npz") as z:
         assert len(z["labels"]) == 80 and np.bincount(z["labels"]).min() >= 7  # stratified subset
-    # g2 is really independent: another seed and another training split, never the test part
-    e1 = json.loads((out / "models" / "embedding.json").read_text())
-    e2 = json.loads((out / "models" / "embedding2.json").read_text())
-    assert e1["data"]["train_fingerprint"] != e2["data"]["train_fingerprint"]
-    assert e1["weights_sha256"] != e2["weights_sha256"]
+    table = json.loads((out / "eps_table.json").read_text())
+    assert table["version"] == 2 and table["policy"]["semantic"]["judge"]["name"] == "knn"
+    assert table["budgets"]["input/linf"]["components"]["semantic"]["certified"] is None
+    audit = json.loads((out / "audit" / "pgd-global-linf.json").read_text())
+    assert audit["judge"]["name"] == "knn" and summary["judge"] == "knn"
 
 
 def test_second_identical_run_reuses_every_stage(tiny_run):
@@ -54,7 +55,7 @@ def test_changed_option_recomputes_only_downstream(tiny_run, tmp_path):
     shutil.copytree(out, copy)
     changed = run(tiny(copy, q=0.2))
     reused = {k for k, s in changed["stages"].items() if s["reused"]}
-    assert {"classifier", "embedding", "embedding2", "stats", "attack-pgd-global-linf", "probe",
+    assert {"classifier", "embedding", "stats", "semantic-knn", "attack-pgd-global-linf", "probe",
             "projection"} <= reused
     assert {"budgets", "attack-pgd-table-linf", "attack-embedding-pgd-linf", "report"}.isdisjoint(reused)
     # a tampered artefact is detected and recomputed
@@ -226,18 +227,44 @@ def test_cli_audits_imported_adversarial_examples(tiny_run, tmp_path, capsys):
     assert main(["audit", str(out), "--adversarial", str(path)]) == 2
 
 
-def test_run_with_a_robust_embedding(tiny_run, tmp_path):
-    """`robust_embedding` trains g with the adversarial triplet mixture; only g and what depends on it rerun."""
+def test_run_with_other_judges(tiny_run, tmp_path):
+    """--judge lipschitz (certified bound) with every other judge measured too: only the judges' models
+    and what depends on them rerun; then back to knn, which reuses its radii."""
     import shutil
 
+    from calib.judges import JudgeConfig
     from calib.pipeline import RobustEmbeddingConfig
 
     out = tmp_path / "run"
     shutil.copytree(tiny_run[0], out)
-    summary = run(tiny(out, robust_embedding=RobustEmbeddingConfig(eps=0.05, steps=1), attack=None, report=False))
-    assert summary["stages"]["classifier"]["reused"] and summary["stages"]["embedding2"]["reused"]
-    assert not summary["stages"]["embedding"]["reused"] and not summary["stages"]["budgets"]["reused"]
-    record = json.loads((out / "models" / "embedding.json").read_text())
-    assert record["training"]["adversarial"]["eps"] == 0.05
-    with pytest.raises(ConfigError):
-        tiny(out, robust_embedding=RobustEmbeddingConfig(attack="cw"))
+    judge = JudgeConfig(name="lipschitz", also=("ensemble", "classifier", "robust"))
+    summary = run(tiny(out, judge=judge, semantic_bound="certified", report=False,
+                       robust_embedding=RobustEmbeddingConfig(eps=0.05, steps=1)))
+    st = summary["stages"]
+    assert all(st[k]["reused"] for k in ("classifier", "embedding", "stats", "attack-pgd-global-linf"))
+    for k in ("embedding2", "robust-embedding", "lipschitz-embedding", "semantic-lipschitz", "semantic-ensemble",
+              "semantic-classifier", "semantic-robust", "budgets", "audit-pgd-global-linf", "probe"):
+        assert not st[k]["reused"], k
+    table = json.loads((out / "eps_table.json").read_text())
+    assert table["policy"]["semantic"]["judge"]["name"] == "lipschitz" and table["policy"]["semantic"]["bound"] == "certified"
+    sem = table["budgets"]["input/linf"]["components"]["semantic"]
+    assert all(c <= e for c, e in zip(sem["certified"], sem["empirical"]) if e is not None)
+    np.testing.assert_allclose(table["budgets"]["input/linf"]["eps"],
+                               np.minimum(table["budgets"]["input/linf"]["components"]["geometric"], sem["certified"]))
+    assert json.loads((out / "audit" / "pgd-global-linf.json").read_text())["judge"]["name"] == "lipschitz"
+    robust = json.loads((out / "models" / "robust-embedding.json").read_text())
+    assert robust["training"]["adversarial"]["eps"] == 0.05
+    assert json.loads((out / "models" / "lipschitz-embedding.json").read_text())["metrics"]["lipschitz_l2"] > 0
+    # g2 is really independent: another seed and another subset of the training part (never calibration/test)
+    e1 = json.loads((out / "models" / "embedding.json").read_text())
+    e2 = json.loads((out / "models" / "embedding2.json").read_text())
+    assert e1["data"]["train_fingerprint"] != e2["data"]["train_fingerprint"]
+    assert e2["data"]["train_parent_fingerprint"] == e1["data"]["train_fingerprint"]
+    assert e1["weights_sha256"] != e2["weights_sha256"]
+    back = run(tiny(out, report=False))
+    assert back["stages"]["semantic-knn"]["reused"] and not back["stages"]["budgets"]["reused"]
+    assert json.loads((out / "eps_table.json").read_text())["policy"]["semantic"]["judge"]["name"] == "knn"
+    with pytest.raises(ConfigError, match="no certificate"):
+        tiny(out, semantic_bound="certified")
+    with pytest.raises(ConfigError, match="unknown judge"):
+        tiny(out, judge=JudgeConfig(name="people"))

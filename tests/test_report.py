@@ -40,7 +40,7 @@ def test_user_strings_are_escaped_end_to_end(tmp_path, digits):
     from calib.pipeline import AttackConfig, run
 
     run(tiny(tmp_path / "run", dataset=str(path), classifier_epochs=1, embedding_epochs=1, semantic=None,
-             second_embedding=False, attack=AttackConfig(n=30, steps=2), tsne_points=100))
+             attack=AttackConfig(n=30, steps=2), tsne_points=100))
     text = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     # (booleans, not `in` assertions: pytest would diff a 5 MB page)
     raw = ['onerror="alert(1)"', "<script>alert(2)", "evil<b>", "<img src=x"]

@@ -1,14 +1,14 @@
 """The audit: is each adversarial example a *fair* one (DESIGN.md)?
 
-For every attacked x -> x' with label y, classifier f and embeddings g (and g2, trained
-independently with another seed and split):
+For every attacked x -> x' with label y, classifier f and the run's judge (:mod:`calib.judges`):
 
 * ``success``: f(x') != y;
 * perceptibility (:mod:`calib.audit.perceptibility`): L-inf, L2, L0, background changes and the
   trivial detector, SSIM; ``perceptible`` = SSIM < ``ssim_min`` (or, with
   ``detector_in_verdict``, also any background change);
-* ``class_changed``: the k-NN label of g(x') over the reference set is not y, for any embedding
-  (each embedding's verdict is kept as ``knn_<name>``; the clean point's k-NN label too);
+* ``class_changed``: the judge's verdict that x' no longer shows y (``judge_label``, its continuous
+  ``judge_score`` = minus its margin, ``judge_clean`` its label of the clean x, and for an ensemble
+  each member's label ``judge_<member>``); the audit names the judge;
 * ``interpolated``: x' is closer to another same-class reference image than to x
   (in the attack's norm), and ``ball_has_wrong``: the attack's budget ball around x contains a
   same-class reference image f misclassifies;
@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from calib.audit.interpolation import ball_has_wrong, interpolation
-from calib.audit.knn import knn_labels
 from calib.audit.perceptibility import ONE_LEVEL, perceptibility
 from calib.errors import ConfigError, DataError
 from calib.io import to_jsonable, write_json, write_npz
@@ -41,20 +40,16 @@ class AuditConfig:
     """Thresholds of the verdict.
 
     Attributes:
-        k: neighbours voting for the embedding label.
         ssim_min: an example with SSIM below this is perceptible.
         tol: a pixel changed by more than ``tol`` counts (L0, background).
         detector_in_verdict: also call every example the trivial background detector flags perceptible.
     """
 
-    k: int = 5
     ssim_min: float = 0.9
     tol: float = ONE_LEVEL
     detector_in_verdict: bool = False
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ConfigError(f"audit k must be >= 1; got {self.k}")
         if not 0 <= self.ssim_min <= 1:
             raise ConfigError(f"ssim_min must lie in [0, 1]; got {self.ssim_min}")
 
@@ -103,8 +98,14 @@ class AuditResult:
         out["valid_among_successes"] = float(a["valid"][succ].mean()) if succ.any() else float("nan")
         for key in ("linf", "l2", "l0", "background_share", "ssim"):
             out[f"mean_{key}"] = float(a[key][m].mean()) if n else float("nan")
-        for name in self.meta["embeddings"]:
-            out[f"class_changed_{name}_rate"] = float((a[f"knn_{name}"][m] != a["labels"][m]).mean()) if n else float("nan")
+        for name in self.meta.get("judge_members", []):
+            out[f"class_changed_{name}_rate"] = float((a[f"judge_{name}"][m] != a["labels"][m]).mean()) if n else float("nan")
+        if succ.any():
+            out["class_preserving_among_successes"] = float((~a["class_changed"][succ]).mean())
+            for f in ("perceptible", "interpolated"):
+                out[f"{f}_among_successes"] = float(a[f][succ].mean())
+        else:
+            out |= {f"{f}_among_successes": float("nan") for f in ("class_preserving", "perceptible", "interpolated")}
         return out
 
     def summary(self, class_names: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -132,36 +133,58 @@ class AuditResult:
         return cls(arrays, meta)
 
 
+def judge_verdicts(judge: Any, x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, batch_size: int = 512,
+                   device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+    """The judge's verdicts on (N, C, H, W) images ``x_adv`` of source labels ``labels`` (clean ``x``):
+    ``judge_label``, ``judge_score`` (> 0: another class), ``class_changed``, ``judge_clean`` and, for
+    an ensemble, ``judge_<member>`` (each member's label)."""
+    from calib.attacks.pgd import eval_mode
+
+    cols: dict[str, list[np.ndarray]] = {}
+
+    def put(key: str, v: torch.Tensor) -> None:
+        cols.setdefault(key, []).append(v.detach().cpu().numpy())
+
+    with torch.no_grad(), eval_mode(*judge.modules):
+        for s in range(0, len(labels), batch_size):
+            xa = torch.from_numpy(np.ascontiguousarray(x_adv[s:s + batch_size])).to(device)
+            xc = torch.from_numpy(np.ascontiguousarray(x[s:s + batch_size])).to(device)
+            y = torch.from_numpy(np.asarray(labels[s:s + batch_size], np.int64)).to(device)
+            put("judge_label", judge.label(xa))
+            put("judge_score", judge.score(xa, y).double())
+            put("class_changed", judge.changed(xa, y))
+            put("judge_clean", judge.label(xc))
+            for name, lab in (judge.member_labels(xa).items() if hasattr(judge, "member_labels") else ()):
+                put(f"judge_{name}", lab)
+    return {k: np.concatenate(v) for k, v in cols.items()}
+
+
 def audit(x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, pred_adv: np.ndarray, *, norm: str,
-          eps: np.ndarray, reference: Reference, embeddings: dict[str, nn.Module],
-          config: AuditConfig = AuditConfig(), ball_space: str = "input", num_classes: int | None = None,
+          eps: np.ndarray, reference: Reference, judge: Any, config: AuditConfig = AuditConfig(),
+          ball_space: str = "input", embedding: nn.Module | None = None, num_classes: int | None = None,
           device: str | torch.device = "cpu") -> AuditResult:
     """Audit one attack's outputs.
 
     Args:
         x, x_adv: (N, C, H, W) clean and adversarial images in [0,1]; labels: (N,) true labels;
-        pred_adv: (N,) the classifier's predictions on ``x_adv``.
+        pred_adv: (N,) the attacked classifier's predictions on ``x_adv``.
         norm: input norm of the attack's threat model (``linf``/``l2``), used for interpolation
             and for the budget ball when ``ball_space == "input"``.
         eps: (N,) the budget each example was attacked under (input radius, or embedding radius
             when ``ball_space == "embedding"``, i.e. embedding-projected PGD: the ball is then
-            measured with the first embedding).
-        reference: the reference set (its embeddings must include every name in ``embeddings``).
-        embeddings: name -> embedding model; the first is g, the rest are the independent checks.
+            measured with ``embedding``, whose reference embeddings are ``reference.embeddings["g"]``).
+        reference: the reference set (the training part).
+        judge: the run's :class:`calib.judges.Judge`; its verdict is ``class_changed``.
     """
     n = len(labels)
     if x.shape != x_adv.shape or len(x) != n or len(pred_adv) != n or len(eps) != n:
         raise DataError(f"audit inputs disagree in length: x {x.shape}, x_adv {x_adv.shape}, labels {n}, "
                         f"predictions {len(pred_adv)}, eps {len(eps)}")
-    if not embeddings:
-        raise ConfigError("the audit needs at least one embedding")
-    missing = [k for k in embeddings if k not in reference.embeddings]
-    if missing:
-        raise ConfigError(f"reference set has no embeddings for {missing}")
     if ball_space not in ("input", "embedding"):
         raise ConfigError(f"ball_space must be input or embedding; got {ball_space!r}")
+    if ball_space == "embedding" and (embedding is None or "g" not in reference.embeddings):
+        raise ConfigError("an embedding ball needs the embedding g and the reference set's g embeddings")
     labels = labels.astype(np.int64)
-    k_classes = int(num_classes if num_classes is not None else max(labels.max(), reference.labels.max()) + 1)
     arrays: dict[str, np.ndarray] = {"labels": labels, "pred_adv": pred_adv.astype(np.int64),
                                      "eps": np.asarray(eps, np.float64), "success": pred_adv != labels}
     arrays |= perceptibility(x, x_adv, config.tol)
@@ -169,18 +192,8 @@ def audit(x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, pred_adv: np.nda
     if config.detector_in_verdict:
         perceptible = perceptible | arrays["detected"]
     arrays["perceptible"] = perceptible
-    changed = np.zeros(n, bool)
-    emb_clean = {}
-    for name, g in embeddings.items():
-        e_adv = forward_batched(g, x_adv, device=device).numpy()
-        e_clean = forward_batched(g, x, device=device).numpy()
-        emb_clean[name] = e_clean
-        arrays[f"knn_{name}"] = knn_labels(e_adv, reference.embeddings[name], reference.labels, config.k, k_classes)
-        arrays[f"knn_clean_{name}"] = knn_labels(e_clean, reference.embeddings[name], reference.labels, config.k,
-                                                 k_classes)
-        arrays[f"shift_{name}"] = np.linalg.norm(e_adv - e_clean, axis=1)
-        changed |= arrays[f"knn_{name}"] != labels
-    arrays["class_changed"] = changed
+    arrays |= judge_verdicts(judge, x, x_adv, labels, device=device)
+    changed = arrays["class_changed"]
     flat_x, flat_adv = x.reshape(n, -1), x_adv.reshape(n, -1)
     inter = interpolation(flat_x, flat_adv, labels, reference.flat, reference.labels, norm)
     arrays |= {"dist_to_x": inter["dist_to_x"], "dist_to_same": inter["dist_to_same"],
@@ -188,11 +201,13 @@ def audit(x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, pred_adv: np.nda
     if ball_space == "input":
         ball = ball_has_wrong(flat_x, labels, eps, reference.flat, reference.labels, reference.wrong, norm)
     else:
-        first = next(iter(embeddings))
-        ball = ball_has_wrong(emb_clean[first], labels, eps, reference.embeddings[first], reference.labels,
-                              reference.wrong, "l2")
+        e_clean = forward_batched(embedding, x, device=device).numpy()
+        arrays["shift_g"] = np.linalg.norm(forward_batched(embedding, x_adv, device=device).numpy() - e_clean, axis=1)
+        ball = ball_has_wrong(e_clean, labels, eps, reference.embeddings["g"], reference.labels, reference.wrong, "l2")
     arrays |= {"dist_to_wrong": ball["dist_to_wrong"], "ball_has_wrong": ball["has_wrong"]}
     arrays["valid"] = arrays["success"] & ~perceptible & ~changed & ~arrays["interpolated"]
-    meta = {"config": asdict(config), "norm": norm, "ball_space": ball_space, "embeddings": list(embeddings),
-            "reference_size": int(len(reference.labels)), "reference_misclassified": int(reference.wrong.sum())}
+    members = [m.name for m in getattr(judge, "members", [])]
+    meta = {"config": asdict(config), "norm": norm, "ball_space": ball_space, "judge": judge.describe(),
+            "judge_members": members, "reference_size": int(len(reference.labels)),
+            "reference_misclassified": int(reference.wrong.sum())}
     return AuditResult(arrays, meta)

@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from calib.budgets.geometric import CUSTOMARY, Policy, geometric_budget, global_violations
+from calib.budgets.margin import margin_budget
 from calib.budgets.table import EpsTable, table_from_budgets
 from calib.errors import ConfigError
+from calib.io import to_jsonable
 from calib.models.artefact import versions
 from calib.stats import Stats
+
+if TYPE_CHECKING:
+    from calib.budgets.semantic import Radii
+
+#: which side of the judge's robustness radius the final budget uses
+SEMANTIC_BOUNDS = ("empirical", "certified")
 
 
 def geometric_table(stats: Stats, policy: Policy = Policy(), pair: str = "calibration-train",
@@ -31,9 +39,14 @@ def geometric_table(stats: Stats, policy: Policy = Policy(), pair: str = "calibr
         if p != pair:
             continue
         ps = stats.pairs[(space, norm, p)]
-        b = geometric_budget(ps.nn.d_same, ps.nn.d_diff, ps.query_labels, k, policy)
         key = f"{space}/{norm}"
-        budgets[key] = {"eps": b.eps, "coverage": b.coverage, "n": b.n,
+        if space == "embedding":
+            mb = margin_budget(ps.nn.d_same, ps.nn.d_diff, ps.query_labels, k, policy)
+            budgets[key] = {"eps": mb.eps, "coverage": mb.coverage, "n": mb.n, "rule": "margin",
+                            "components": {"margin_q": mb.margin_q, "negative_margin_share": mb.negative_share}}
+            continue
+        b = geometric_budget(ps.nn.d_same, ps.nn.d_diff, ps.query_labels, k, policy)
+        budgets[key] = {"eps": b.eps, "coverage": b.coverage, "n": b.n, "rule": "geometric",
                         "components": {"half_d_diff_q": b.half_d_diff_q, "d_same_q": b.d_same_q}}
         if space == "input":
             baselines[key] = {
@@ -51,70 +64,94 @@ def geometric_table(stats: Stats, policy: Policy = Policy(), pair: str = "calibr
     dataset = {"name": meta["dataset"]["name"], "fingerprint": meta["dataset"]["fingerprint"],
                "class_names": list(names), "image_shape": meta["dataset"]["image_shape"], "value_range": [0, 1]}
     policy_doc = {"method": "geometric", "rule": policy.rule, "q": policy.q, "s": policy.s,
-                  "quantile_method": policy.method,
-                  "pair": pair, "safe": "eps < d_same and eps < d_diff / 2"}
+                  "quantile_method": policy.method, "pair": pair,
+                  "safe": {"input": "eps < d_same and eps < d_diff / 2",
+                           "embedding": "eps < m = (d_diff_g - d_same_g) / 2 (the 1-NN label is kept)"}}
     return table_from_budgets(dataset=dataset, policy=policy_doc, budgets=budgets, provenance=prov,
                               baselines=baselines)
 
 
 def per_sample_budgets(stats: Stats, policy: Policy = Policy(), pair: str = "calibration-train"
                        ) -> dict[str, dict[str, np.ndarray]]:
-    """Per-sample budgets ``s * min(d_diff/2, d_same)`` with the dataset indices they belong to."""
+    """Per-sample budgets with the dataset indices they belong to: ``s * min(d_diff/2, d_same)`` in
+    input space, ``s * max(m, 0)`` with the 1-NN margin ``m = (d_diff - d_same)/2`` in the embedding."""
     out = {}
     for space, norm, p in sorted(stats.pairs):
         if p == pair:
             ps = stats.pairs[(space, norm, p)]
-            b = geometric_budget(ps.nn.d_same, ps.nn.d_diff, ps.query_labels, len(stats.class_names), policy)
-            out[f"{space}/{norm}"] = {"indices": ps.query_indices, "labels": ps.query_labels, "eps": b.per_sample}
+            k = len(stats.class_names)
+            if space == "embedding":
+                eps = margin_budget(ps.nn.d_same, ps.nn.d_diff, ps.query_labels, k, policy).per_sample
+            else:
+                eps = geometric_budget(ps.nn.d_same, ps.nn.d_diff, ps.query_labels, k, policy).per_sample
+            out[f"{space}/{norm}"] = {"indices": ps.query_indices, "labels": ps.query_labels, "eps": eps}
     return out
 
 
-def final_table(geo: EpsTable, stats: Stats, embedding, images: np.ndarray, norms: tuple[str, ...] = ("linf", "l2"),
-                *, q: float | None = None, iters: int = 8, steps: int = 20, restarts: int = 1, seed: int = 0,
-                device: str = "cpu", embedding_sha256: str | None = None, show_progress: bool = False) -> EpsTable:
-    """The table with final input budgets ``min(geometric, semantic)`` for ``norms``.
+def final_table(geo: EpsTable, stats: Stats, radii: dict[str, Radii], judge: dict[str, Any], *,
+                bound: str = "empirical", q: float | None = None, s: float | None = None,
+                semantic_info: dict[str, Any] | None = None) -> EpsTable:
+    """The table with final input budgets ``min(geometric, semantic)`` for every norm in ``radii``.
 
-    Semantic budgets come from :func:`calib.budgets.semantic.semantic_budget` on the calibration
-    points of the geometric table's statistics pair, with the table's ``embedding/l2`` budgets.
-    The coverage recorded for a final budget is measured at that budget: the share of class points
-    whose ball is geometrically safe *and* whose measured worst-case embedding shift stays within
-    the class's embedding budget. Geometric and semantic values and coverages are kept as components.
+    Semantic budgets are the judge's robustness radii (:mod:`calib.budgets.semantic`) of the
+    calibration points of the geometric table's statistics pair, per class ``s * Q_q``; the table
+    records the bracket ``[certified, empirical]`` (certified only for a judge with a certificate)
+    and uses ``bound`` for the final budget. Coverage is measured at the final budget: the share of
+    class points whose ball is geometrically safe *and* smaller than their radius under ``bound``.
 
     Args:
-        images: the whole dataset's images (N, C, H, W); the pair's query indices select the points.
+        radii: norm -> :class:`~calib.budgets.semantic.Radii` of the pair's query points, in order.
+        judge: the judge's description (:meth:`calib.judges.Judge.describe`), recorded in the table.
+        bound: ``empirical`` (attack: an upper, optimistic estimate) or ``certified`` (a guaranteed
+            lower one).
     """
     from calib.budgets.geometric import safe_mask
     from calib.budgets.semantic import semantic_budget
 
-    if "embedding/l2" not in geo.budgets:
-        raise ConfigError("semantic budgets need the table's embedding/l2 budgets (statistics with an embedding)")
+    if bound not in SEMANTIC_BOUNDS:
+        raise ConfigError(f"unknown semantic bound {bound!r}; choose {', '.join(SEMANTIC_BOUNDS)}")
     pair = geo.policy["pair"]
     q = geo.policy["q"] if q is None else q
+    s = geo.policy["s"] if s is None else s
+    method = geo.policy.get("quantile_method", "linear")
     doc = geo.to_dict()
     k = len(geo.class_names)
-    eps_emb = geo.eps("embedding", "l2")
-    semantic_meta = {}
-    for norm in norms:
+    for norm, r in radii.items():
         ps = stats.pair("input", norm, pair)
+        if len(r.empirical) != len(ps.query_labels):
+            raise ConfigError(f"{norm} radii cover {len(r.empirical)} points; the {pair} pair has "
+                              f"{len(ps.query_labels)}")
+        if bound == "certified" and r.certified is None:
+            raise ConfigError(f"judge {judge.get('name')!r} has no certificate; use the empirical semantic bound")
+        sem = semantic_budget(r, ps.query_labels, k, q, s, method)
+        chosen = sem.certified if bound == "certified" else sem.empirical
         geo_eps = geo.eps("input", norm)
-        sem = semantic_budget(embedding, images[ps.query_indices], ps.query_labels, eps_emb, geo_eps, norm, q,
-                              iters=iters, steps=steps, restarts=restarts, seed=seed, device=device,
-                              show_progress=show_progress)
-        final = np.minimum(geo_eps, sem.eps)
+        final = np.minimum(geo_eps, chosen)
+        per_point = r.certified if bound == "certified" else r.empirical
         geo_ok = safe_mask(final[ps.query_labels], ps.nn.d_same, ps.nn.d_diff)
-        both = geo_ok & sem.per_sample_ok
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cov = np.bincount(ps.query_labels, weights=both, minlength=k) / sem.n
+
+        def share(mask: np.ndarray) -> np.ndarray:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.bincount(ps.query_labels, weights=mask, minlength=k) / sem.n
+
         b = doc["budgets"][f"input/{norm}"]
-        b["components"] = {**b.get("components", {}), "geometric": geo_eps.tolist(), "semantic": sem.eps.tolist(),
-                           "semantic_censored": sem.censored.tolist(), "geometric_coverage": list(b["coverage"]),
-                           "semantic_coverage": sem.coverage.tolist()}
-        b["eps"], b["coverage"] = final.tolist(), cov.tolist()
-        semantic_meta[norm] = {"bisection_iters": iters, "pgd_steps": steps, "restarts": restarts, "seed": seed}
+        b["components"] = {
+            **b.get("components", {}), "geometric": geo_eps.tolist(), "geometric_coverage": list(b["coverage"]),
+            "semantic": {
+                "judge": judge.get("name"), "bound": bound, "empirical": sem.empirical.tolist(),
+                "certified": None if sem.certified is None else sem.certified.tolist(),
+                "empirical_coverage": share(final[ps.query_labels] < r.empirical).tolist(),
+                "certified_coverage": None if r.certified is None else
+                share(final[ps.query_labels] < r.certified).tolist(),
+                "clean_errors": share(r.clean_wrong).tolist(),
+                "no_change_found": share(~np.isfinite(r.empirical)).tolist()}}
+        b["eps"], b["coverage"] = final.tolist(), share(geo_ok & (final[ps.query_labels] < per_point)).tolist()
+        b["rule"] = "min(geometric, semantic)"
     doc["policy"] = {**doc["policy"], "method": "final", "final": "min(geometric, semantic)",
-                     "semantic": {"norms": list(norms), "q": q, "embedding_budget": "embedding/l2",
-                                  "worst_case": "embedding-shift PGD (a lower bound: semantic budgets are optimistic)",
-                                  **semantic_meta}}
-    if embedding_sha256:
-        doc["provenance"] = {**doc["provenance"], "embedding_sha256": embedding_sha256}
-    return EpsTable.from_dict(doc)
+                     "semantic": {"judge": judge, "bound": bound, "norms": list(radii), "q": q, "s": s,
+                                  "radius": "r(x) = min ||delta|| with judge(x + delta) != y",
+                                  "empirical": "per-point bisection of PGD on the judge's margin: an upper bound "
+                                               "(optimistic budgets)",
+                                  "certified": "margin / Lipschitz constant: a guaranteed lower bound",
+                                  **(semantic_info or {})}}
+    return EpsTable.from_dict(to_jsonable(doc))

@@ -1,98 +1,285 @@
-"""Semantic input budgets (DESIGN.md, "Budgets"): how far can an input move before the embedding moves
-more than the class's embedding budget?
+"""Semantic input budgets (DESIGN.md, "Budgets"): the judge's robustness radius.
 
-For class c and norm p, the semantic budget is the largest radius eps such that for at least 1-q
-of class-c calibration points the worst-case embedding shift ``max_{||delta||_p <= eps}
-||g(x+delta) - g(x)||`` stays <= eps_emb(c). The worst case is estimated by embedding-shift PGD, a
-*lower* bound on the true maximum, so the semantic budget is an optimistic (upper) estimate: a
-stronger attack can only lower it. The radius is found by bisection on [0, eps_geo(c)] (the final
-budget is min(geometric, semantic), so larger radii are never needed); a class whose points all
-pass at eps_geo is reported as *censored* (semantic >= geometric).
+For a calibration point x of class y and a judge J (:mod:`calib.judges`), the robustness radius in
+input norm p is ``r(x) = min{ ||delta||_p : J(x + delta) != y, x + delta in [0,1] }``: the smallest
+input change that changes the judge's class. Per class c, ``eps_sem(c) = s * Q_q{ r(x) : y=c }``.
+Every estimate says which side it bounds:
 
-A plain triplet embedding is usually easy to move with tiny input changes, so its semantic budgets
-collapse toward 0: that is a measurement of the embedding's robustness, reported as is.
+* **empirical (upper bound)**: per-point bisection on the radius, each probe a PGD attack (random
+  start, ``steps`` steps) that ascends the judge's "class changed" score inside the ball. Every
+  success is a *witness* x' whose judge verdict was re-evaluated and whose distance was measured;
+  r(x) <= ||x' - x||, so the budget it yields is optimistic: a stronger attack can only lower it.
+  Bisection is geometric (in log radius) between a floor of ``max_radius / 4096`` (or the certified
+  radius, when larger) and the smallest witness so far, so ``iters`` probes give a relative
+  precision of ``4096 ** (2 ** -iters)`` (3 % at 8). A point without a witness at ``max_radius``
+  (L-inf 1: the whole box) has r = inf ("no change found").
+* **certified (lower bound)**: for a judge with a Lipschitz certificate, ``r(x) >= m(x) / L`` (L2) and
+  ``m(x) / (L sqrt(n))`` (L-inf) with m the judge's margin: the budget it yields is guaranteed for
+  that judge. Certificates are checked, not assumed: a witness closer than the certified radius, or
+  an embedding move larger than ``L ||delta||_2``, raises :class:`~calib.attacks.ConstraintViolation`
+  (a bug, not a user error); the number of witnesses checked is recorded.
+
+A point the judge already gets wrong has r = 0 under both bounds and counts against coverage.
+A semantic budget measures the judge, not the truth (DESIGN.md): a plain triplet net is moved across
+its class margin by imperceptible changes, so its r(x) is small.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from calib.attacks.objectives import EmbeddingShift
-from calib.attacks.pgd import pgd
-from calib.errors import ConfigError
+from calib.attacks.invariants import ConstraintViolation, check_ball, perturbation_norms
+from calib.attacks.pgd import eval_mode, pgd
+from calib.errors import ConfigError, DataError
+from calib.io import read_json, to_jsonable, write_json, write_npz
+from calib.judges.base import Judge
 from calib.progress import progress
 
 log = logging.getLogger(__name__)
 
+#: ratio between the largest radius tried and the floor of the geometric bisection
+FLOOR_RATIO = 4096.0
+#: stands for "no change found" (inf) inside quantiles
+_SENTINEL = 1e300
+#: a witness may sit below the certified radius by at most this (relative) rounding before it is a bug
+CERT_TOL = 1e-5
+
+
+class JudgeObjective:
+    """PGD loss hook: the judge's "class changed" score ``-margin`` of the source labels ``y``;
+    success = the judge's verdict (re-evaluated in float64 by :meth:`evaluate`)."""
+
+    def __init__(self, judge: Judge, y: torch.Tensor) -> None:
+        self.judge, self.y = judge, y
+        self.modules = judge.modules
+
+    def __call__(self, x_adv: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self.judge.score(x_adv, self.y if idx is None else self.y[idx])
+
+    @torch.no_grad()
+    def evaluate(self, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.judge.score(x_adv, self.y), self.judge.changed(x_adv, self.y)
+
+
+def max_radius_of(norm: str, n_inputs: int) -> float:
+    """The radius whose ball covers the whole box [0,1]^n from any point: 1 (L-inf), sqrt(n) (L2)."""
+    if norm == "linf":
+        return 1.0
+    if norm == "l2":
+        return math.sqrt(n_inputs)
+    raise ConfigError(f"semantic radii are measured in linf or l2; got {norm!r}")
+
+
+@dataclass
+class Radii:
+    """Per-point robustness radii of one judge in one norm (all (N,)).
+
+    Attributes:
+        empirical: the smallest witnessed radius (upper bound; ``inf`` = no change found up to
+            ``max_radius``); 0 where the judge already errs on the clean point.
+        certified: the certified radius (lower bound), or ``None`` without a certificate.
+        clean_wrong: the judge does not give the clean point its label.
+        witnesses: (N, C, H, W) the witness x' per point (x itself where none was found).
+        checked: witnesses checked against the certificate; info: settings and timings.
+    """
+
+    norm: str
+    empirical: np.ndarray
+    certified: np.ndarray | None
+    clean_wrong: np.ndarray
+    witnesses: np.ndarray
+    checked: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def robustness_radii(judge: Judge, x: np.ndarray, y: np.ndarray, norm: str, *, iters: int = 8, steps: int = 10,
+                     restarts: int = 1, max_radius: float | None = None, seed: int = 0, batch_size: int = 256,
+                     device: str | torch.device = "cpu", show_progress: bool = False) -> Radii:
+    """Empirical (attack) and certified radii of ``judge`` at every point (see the module docstring).
+
+    Args:
+        judge: the judge (its modules on ``device``).
+        x: (N, C, H, W) clean images in [0,1]; y: (N,) their labels.
+        norm: ``linf`` or ``l2``.
+        iters: bisection probes after the first attack at ``max_radius``; steps, restarts: PGD per probe.
+        max_radius: the largest radius tried (default: the whole box, :func:`max_radius_of`).
+        seed: seeds every random start.
+    """
+    if iters < 0 or steps < 1 or restarts < 1:
+        raise ConfigError("semantic iters must be >= 0, steps and restarts >= 1")
+    n = len(y)
+    n_inputs = int(np.prod(x.shape[1:]))
+    hi_max = float(max_radius) if max_radius is not None else max_radius_of(norm, n_inputs)
+    floor = hi_max / FLOOR_RATIO
+    emp = np.full(n, np.inf)
+    cert: np.ndarray | None = None
+    wrong = np.zeros(n, bool)
+    witnesses = np.array(x, dtype=np.float32, copy=True)
+    checked = 0
+    t0 = time.perf_counter()
+    with progress(show_progress) as bar, eval_mode(*judge.modules):
+        task = bar.add_task(f"radius {judge.name} {norm}", total=n * (iters + 1), status="")
+        for s in range(0, n, batch_size):
+            xb = torch.from_numpy(x[s:s + batch_size]).to(device)
+            yb = torch.from_numpy(np.asarray(y[s:s + batch_size], np.int64)).to(device)
+            nb = len(yb)
+            wb = judge.changed(xb, yb).cpu().numpy()
+            cb = judge.certified_radius(xb, yb, norm)
+            cb = None if cb is None else np.where(wb, 0.0, cb.double().cpu().numpy())
+            lo = np.full(nb, floor) if cb is None else np.maximum(cb, floor)
+            hi = np.full(nb, np.inf)
+            for it in range(iters + 1):
+                if it == 0:
+                    act = ~wb
+                    eps = np.full(nb, hi_max)
+                else:
+                    act = ~wb & np.isfinite(hi) & (lo < hi)
+                    eps = np.sqrt(lo * np.where(np.isfinite(hi), hi, hi_max))
+                if act.any():
+                    ia = np.flatnonzero(act)
+                    xa, ya = xb[ia], yb[ia]
+                    res = pgd(JudgeObjective(judge, ya), xa, torch.from_numpy(eps[ia].astype(np.float32)), norm,
+                              steps=steps, restarts=restarts, seed=seed + 7919 * it)
+                    succ = res.success.cpu().numpy()
+                    dist = perturbation_norms(xa, res.x_adv, norm).cpu().numpy()
+                    better = succ & (dist < hi[ia])
+                    hi[ia[better]] = dist[better]
+                    witnesses[s + ia[better]] = res.x_adv[torch.from_numpy(better).to(res.x_adv.device)].cpu().numpy()
+                    lo[ia[~succ]] = np.maximum(lo[ia[~succ]], eps[ia[~succ]])
+                bar.advance(task, nb)
+            emp[s:s + nb] = np.where(wb, 0.0, hi)
+            wrong[s:s + nb] = wb
+            if cb is not None:
+                cert = np.zeros(n) if cert is None else cert
+                cert[s:s + nb] = cb
+                checked += _check_certificate(judge, xb, yb, witnesses[s:s + nb], emp[s:s + nb], cb, norm, device)
+    found = np.isfinite(emp) & ~wrong
+    if found.any():  # every witness: in the box, and the judge really changed its verdict
+        check_ball(x[found], witnesses[found], emp[found], norm, tol=1e-5, who=f"radius[{judge.name}]")
+    info = {"iters": iters, "steps": steps, "restarts": restarts, "max_radius": hi_max, "floor": floor,
+            "seed": seed, "seconds": time.perf_counter() - t0, "found": int(found.sum()),
+            "not_found": int((~np.isfinite(emp)).sum()), "clean_wrong": int(wrong.sum())}
+    log.info("radii %s %s: median empirical %.4g, %d without a witness, %d clean errors", judge.name, norm,
+             float(np.median(emp)), info["not_found"], info["clean_wrong"])
+    return Radii(norm, emp, cert, wrong, witnesses, checked, info)
+
+
+def _check_certificate(judge: Judge, x: torch.Tensor, y: torch.Tensor, witnesses: np.ndarray, emp: np.ndarray,
+                       cert: np.ndarray, norm: str, device: str | torch.device) -> int:
+    """Raise :class:`ConstraintViolation` if a witness beats the certificate; returns how many were checked."""
+    has = np.isfinite(emp) & (emp > 0)
+    if not has.any():
+        return 0
+    xa = torch.from_numpy(witnesses[has]).to(device)
+    with torch.no_grad():
+        still = ~judge.changed(xa, y[torch.from_numpy(has).to(y.device)]).cpu().numpy()
+    if still.any():
+        raise ConstraintViolation(f"radius[{judge.name}]: {int(still.sum())} witness(es) no longer change the judge")
+    below = emp[has] < cert[has] * (1 - CERT_TOL) - 1e-9
+    if below.any():
+        i = int(np.flatnonzero(below)[0])
+        raise ConstraintViolation(f"certificate of judge {judge.name} violated: a change at {norm} radius "
+                                  f"{emp[has][i]:.6g} < certified {cert[has][i]:.6g}")
+    bound = getattr(judge, "lipschitz", None)
+    g = getattr(judge, "g", None)
+    if bound is not None and g is not None:
+        with torch.no_grad():
+            shift = torch.linalg.vector_norm(g(xa) - g(x[torch.from_numpy(has).to(x.device)]), dim=1).double()
+        d2 = perturbation_norms(x[torch.from_numpy(has).to(x.device)], xa, "l2")
+        over = shift > bound * d2 * (1 + CERT_TOL) + 1e-6
+        if over.any():
+            raise ConstraintViolation(f"judge {judge.name}: an input change of L2 {float(d2[over][0]):.6g} moved the "
+                                      f"embedding by {float(shift[over][0]):.6g} > L = {bound:.6g} times it")
+    return int(has.sum())
+
+
+def class_quantile(values: np.ndarray, labels: np.ndarray, num_classes: int, q: float, s: float = 1.0,
+                   method: str = "linear") -> np.ndarray:
+    """``s * Q_q{ values : y=c }`` per class (K,); ``inf`` where the quantile falls among points with
+    an infinite value (no change found)."""
+    out = np.empty(num_classes)
+    for c in range(num_classes):
+        v = np.asarray(values, np.float64)[labels == c]
+        if v.size == 0:
+            raise ConfigError(f"class {c} has no calibration points")
+        qv = np.quantile(np.where(np.isinf(v), _SENTINEL, v), q, method=method)  # inf - inf would give NaN
+        out[c] = np.inf if qv >= _SENTINEL / 2 else s * qv
+    return out
+
 
 @dataclass
 class SemanticBudget:
-    """Per class (K,): semantic eps, whether it is censored at the geometric budget, the share of
-    class points whose measured worst-case shift is within eps_emb at that eps, and class sizes."""
+    """Per class (K,) for one judge and norm: the budget under each bound (``certified`` None
+    without a certificate; ``inf`` = no change found), and class sizes."""
 
-    eps: np.ndarray
-    censored: np.ndarray
-    coverage: np.ndarray
+    empirical: np.ndarray
+    certified: np.ndarray | None
     n: np.ndarray
-    per_sample_ok: np.ndarray  # (N,) at the final eps
 
 
-def worst_shift(embedding: nn.Module, x: torch.Tensor, eps: torch.Tensor, norm: str, *, steps: int, restarts: int,
-                seed: int, batch_size: int = 512) -> torch.Tensor:
-    """Embedding-shift PGD: the largest ``||g(x') - g(x)||`` found in each sample's ball, (N,)."""
-    out = []
-    for s in range(0, x.shape[0], batch_size):
-        xb, eb = x[s:s + batch_size], eps[s:s + batch_size]
-        res = pgd(EmbeddingShift(embedding, xb), xb, eb, norm, steps=steps, restarts=restarts, seed=seed)
-        out.append(res.loss.clamp_min(0))
-    return torch.cat(out)
-
-
-def semantic_budget(embedding: nn.Module, x: np.ndarray, y: np.ndarray, eps_emb: np.ndarray, eps_hi: np.ndarray,
-                    norm: str, q: float = 0.05, *, iters: int = 8, steps: int = 20, restarts: int = 1,
-                    seed: int = 0, device: str | torch.device = "cpu", show_progress: bool = False) -> SemanticBudget:
-    """Bisection, for all classes at once, on the largest radius whose coverage is >= 1-q.
-
-    Args:
-        embedding: g; x: calibration images (N, C, H, W); y: labels (N,).
-        eps_emb: embedding budget per class (K,); eps_hi: upper end per class (K,), the geometric budget.
-        norm: ``linf`` or ``l2``; q: allowed share of failing points; iters: bisection steps.
-    """
-    k = len(eps_emb)
+def semantic_budget(radii: Radii, labels: np.ndarray, num_classes: int, q: float = 0.05, s: float = 1.0,
+                    method: str = "linear") -> SemanticBudget:
+    """``eps_sem(c) = s * Q_q{ r(x) : y=c }`` for the empirical and (if present) certified radii."""
     if not 0 <= q < 1:
         raise ConfigError(f"q must be in [0, 1); got {q}")
-    xt = torch.from_numpy(x).to(device)
-    yl = np.asarray(y, np.int64)
-    n = np.bincount(yl, minlength=k)
-    emb_budget = np.asarray(eps_emb, np.float64)[yl]
+    labels = np.asarray(labels, np.int64)
+    emp = class_quantile(radii.empirical, labels, num_classes, q, s, method)
+    cert = None if radii.certified is None else class_quantile(radii.certified, labels, num_classes, q, s, method)
+    if cert is not None and (cert > emp + 1e-12).any():
+        raise ConstraintViolation(f"certified semantic budget above the empirical one for classes "
+                                  f"{np.flatnonzero(cert > emp + 1e-12).tolist()}")
+    return SemanticBudget(emp, cert, np.bincount(labels, minlength=num_classes))
 
-    def share_ok(eps_class: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        e = torch.from_numpy(eps_class[yl].astype(np.float32)).to(device)
-        shift = worst_shift(embedding, xt, e, norm, steps=steps, restarts=restarts, seed=seed).cpu().numpy()
-        ok = shift <= emb_budget
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.bincount(yl, weights=ok, minlength=k) / n, ok
 
-    hi = np.asarray(eps_hi, np.float64).copy()
-    lo = np.zeros(k)
-    with progress(show_progress) as bar:
-        task = bar.add_task(f"semantic {norm}", total=iters + 1, status="")
-        share_hi, _ = share_ok(hi)
-        censored = share_hi >= 1 - q
-        lo[censored] = hi[censored]
-        bar.advance(task)
-        for _ in range(iters):
-            mid = np.where(censored, hi, (lo + hi) / 2)
-            share, _ = share_ok(mid)
-            good = share >= 1 - q
-            lo = np.where(~censored & good, mid, lo)
-            hi = np.where(~censored & ~good, mid, hi)
-            bar.advance(task)
-            bar.update(task, status=" ".join(f"{v:.3g}" for v in lo))
-    coverage, ok = share_ok(lo)
-    log.info("semantic %s budgets: %s", norm, np.round(lo, 4).tolist())
-    return SemanticBudget(lo, censored, coverage, n, ok)
+
+
+def save_radii(folder: str | os.PathLike[str], name: str, radii: dict[str, Radii], indices: np.ndarray,
+               labels: np.ndarray, judge: dict[str, Any], witnesses: bool = True) -> Path:
+    """``<name>.npz`` (per point: dataset ``indices``, ``labels``, and per norm ``empirical_<norm>``,
+    ``certified_<norm>``, ``clean_wrong_<norm>``, ``witness_<norm>``) and ``<name>.json`` (the judge,
+    settings, timings, certificate checks), written atomically."""
+    folder = Path(folder)
+    arrays: dict[str, np.ndarray] = {"indices": np.asarray(indices), "labels": np.asarray(labels)}
+    info: dict[str, Any] = {}
+    for norm, r in radii.items():
+        arrays[f"empirical_{norm}"] = r.empirical
+        arrays[f"clean_wrong_{norm}"] = r.clean_wrong
+        if r.certified is not None:
+            arrays[f"certified_{norm}"] = r.certified
+        if witnesses:
+            arrays[f"witness_{norm}"] = r.witnesses
+        info[norm] = {**r.info, "certificate_checked": r.checked, "certified": r.certified is not None}
+    write_npz(folder / f"{name}.npz", arrays)
+    write_json(folder / f"{name}.json", to_jsonable({"judge": judge, "norms": info}))
+    return folder / f"{name}.json"
+
+
+def load_radii(folder: str | os.PathLike[str], name: str) -> tuple[dict[str, Radii], dict[str, Any],
+                                                                     np.ndarray, np.ndarray]:
+    """Read what :func:`save_radii` wrote: (norm -> Radii, the JSON document, indices, labels)."""
+    folder = Path(folder)
+    doc = read_json(folder / f"{name}.json", DataError, "semantic radii")
+    try:
+        with np.load(folder / f"{name}.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folder / name}.npz: unreadable semantic radii ({exc})") from exc
+    out = {}
+    for norm, info in doc["norms"].items():
+        out[norm] = Radii(norm, arrays[f"empirical_{norm}"], arrays.get(f"certified_{norm}"),
+                          arrays[f"clean_wrong_{norm}"],
+                          arrays.get(f"witness_{norm}", np.empty((0,), np.float32)),
+                          int(info.get("certificate_checked", 0)), info)
+    return out, doc, arrays["indices"], arrays["labels"]
+
+
+__all__ = ["JudgeObjective", "Radii", "robustness_radii", "SemanticBudget", "semantic_budget", "class_quantile",
+           "max_radius_of", "save_radii", "load_radii"]

@@ -1,12 +1,13 @@
 """Robust triplet embedding: the adversarial-training mixture applied to the triplet loss.
 
-The embedding that defines the budgets must itself be hard to move: a plain triplet embedding can
-be moved past its class's embedding budget by imperceptible input changes, which collapses the
-semantic budget (DESIGN.md). Here g_r is trained with anchors that maximise the embedding shift
-inside an input ball (:func:`calib.train.adversarial.mixed_triplet`), and its semantic budgets are
-measured exactly as the run measured the plain g's: per class, the largest input radius at which
->= 1-q of the calibration points keep their worst-case shift (embedding-shift PGD) within the
-class's embedding budget -- each embedding judged against its own geometric embedding budget.
+The embedding that judges "the class changed" must itself be hard to move: a plain triplet embedding
+can be moved across its class margin by imperceptible input changes, which collapses the semantic
+budget (DESIGN.md). Here g_r is trained with anchors that maximise the embedding shift inside an
+input ball (:func:`calib.train.adversarial.mixed_triplet`; ``calib run --judge robust`` trains the
+same model for the run), and both embeddings are measured as nearest-class judges exactly as the run
+measures its judge: per class, the q-quantile of the robustness radius (per-point bisection of PGD
+on the judge's margin, :mod:`calib.budgets.semantic`), and the share of points whose worst embedding
+shift at a small probe radius stays within their embedding margin budget.
 """
 from __future__ import annotations
 
@@ -25,15 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def embedding_budget(g: torch.nn.Module, ctx: RunContext, policy) -> tuple[np.ndarray, np.ndarray]:
-    """g's geometric embedding budget per class (calibration vs train) and its coverage."""
-    from calib.budgets.geometric import geometric_budget
+    """g's embedding margin budget per class (calibration vs train) and its coverage."""
+    from calib.budgets.margin import margin_budget
     from calib.models.infer import forward_batched
     from calib.stats.neighbours import same_diff
 
     cal, tr = ctx.splits.calibration, ctx.splits.train
     ec, et = forward_batched(g, cal.images).numpy(), forward_batched(g, tr.images).numpy()
     nn_ = same_diff(ec, cal.labels, et, tr.labels, "l2")
-    b = geometric_budget(nn_.d_same, nn_.d_diff, cal.labels, ctx.dataset.num_classes, policy)
+    b = margin_budget(nn_.d_same, nn_.d_diff, cal.labels, ctx.dataset.num_classes, policy)
     return b.eps, b.coverage
 
 
@@ -41,13 +42,17 @@ def robust_embedding(ctx: RunContext, *, alpha: float = 0.5, eps: float = 0.1, n
                      attack: str = "pgd", steps: int = 3, epochs: int | None = None,
                      semantic_norms: tuple[str, ...] = ("linf",), probe_eps: float = 0.05,
                      progress: bool = False) -> dict[str, Any]:
-    """Train g_r, measure both embeddings' budgets; saves ``experiments/robust-embedding.*``."""
+    """Train g_r, measure both embeddings as nearest-class judges; saves ``experiments/robust-embedding.*``."""
     from calib.budgets import Policy
-    from calib.budgets.semantic import semantic_budget, worst_shift
+    from calib.budgets.semantic import robustness_radii, semantic_budget
+    from calib.judges import KnnJudge
+    from calib.attacks.objectives import EmbeddingShift
+    from calib.attacks.pgd import pgd
 
     t0 = time.perf_counter()
     run = ctx.run_config
-    sem_cfg = run.get("semantic") or {"iters": 7, "steps": 10, "restarts": 1}
+    sem_cfg = run.get("semantic") or {"iters": 8, "steps": 10, "restarts": 1}
+    k = int((run.get("judge") or {}).get("k", 1))
     policy = Policy(q=float(run.get("q", 0.05)), s=float(run.get("s", 1.0)), rule=run.get("rule", "quantile"))
     mix = AdversarialMix(alpha=alpha, eps=float(eps), norm=norm, attack=attack, steps=steps)
     epochs = epochs or int(run.get("embedding_epochs", 20))
@@ -59,7 +64,7 @@ def robust_embedding(ctx: RunContext, *, alpha: float = 0.5, eps: float = 0.1, n
     trained.save(ctx.run_dir / "experiments" / "models" / "robust-embedding")
     models = {"plain": ctx.model("embedding"), "robust": trained.model.eval()}
     names = list(ctx.dataset.class_names)
-    cal = ctx.splits.calibration
+    cal, tr = ctx.splits.calibration, ctx.splits.train
     out: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {"labels": cal.labels}
     for mname, g in models.items():
@@ -72,29 +77,31 @@ def robust_embedding(ctx: RunContext, *, alpha: float = 0.5, eps: float = 0.1, n
             row["training_seconds"] = trained.training["seconds"]
         xt = torch.from_numpy(cal.images)
         e = torch.full((len(cal),), float(probe_eps))
-        shift = worst_shift(g, xt, e, norm, steps=int(sem_cfg["steps"]), restarts=1, seed=ctx.seed).numpy()
-        ratio = shift / eps_emb[cal.labels]
+        shift = pgd(EmbeddingShift(g, xt), xt, e, norm, steps=int(sem_cfg["steps"]), seed=ctx.seed).loss.clamp_min(0)
+        ratio = shift.numpy() / np.maximum(eps_emb[cal.labels], 1e-12)
         arrays[f"{mname}__shift_ratio"] = ratio
         row["probe"] = {"eps": probe_eps, "norm": norm,
                         "median_shift_over_budget": float(np.median(ratio)),
                         "share_within_budget": float((ratio <= 1).mean()),
                         "per_class_share_within_budget": {n: float((ratio[cal.labels == c] <= 1).mean())
                                                           for c, n in enumerate(names)}}
+        judge = KnnJudge(g, tr.images, tr.labels, ctx.dataset.num_classes, k=k, name=mname, device=ctx.device)
         for sn in semantic_norms:
             hi = np.asarray(ctx.table.budgets[f"input/{sn}"].get("components", {}).get(
                 "geometric", ctx.table.budgets[f"input/{sn}"]["eps"]), float)
-            sem = semantic_budget(g, cal.images, cal.labels, eps_emb, hi, sn, policy.q,
-                                  iters=int(sem_cfg["iters"]), steps=int(sem_cfg["steps"]),
-                                  restarts=int(sem_cfg.get("restarts", 1)), seed=ctx.seed, device=ctx.device,
-                                  show_progress=progress)
-            row[f"semantic_{sn}"] = sem.eps.tolist()
-            row[f"semantic_{sn}_censored"] = sem.censored.tolist()
+            radii = robustness_radii(judge, cal.images, cal.labels, sn, iters=int(sem_cfg["iters"]),
+                                     steps=int(sem_cfg["steps"]), restarts=int(sem_cfg.get("restarts", 1)),
+                                     seed=ctx.seed, device=ctx.device, show_progress=progress)
+            sem = semantic_budget(radii, cal.labels, ctx.dataset.num_classes, policy.q, policy.s)
+            row[f"semantic_{sn}"] = sem.empirical.tolist()
             row[f"geometric_{sn}"] = hi.tolist()
+            arrays[f"{mname}__radius_{sn}"] = radii.empirical
         out[mname] = row
         log.info("%s embedding: semantic %s", mname, {sn: np.round(row[f"semantic_{sn}"], 4).tolist()
                                                        for sn in semantic_norms})
     summary = {"mix": mix.describe(), "epochs": epochs, "embeddings": out, "semantic": dict(sem_cfg),
-               "semantic_norms": list(semantic_norms), "policy": {"q": policy.q, "s": policy.s, "rule": policy.rule},
+               "semantic_norms": list(semantic_norms), "judge_k": k,
+               "policy": {"q": policy.q, "s": policy.s, "rule": policy.rule},
                "robust_weights_sha256": trained.weights_sha256, "seconds": time.perf_counter() - t0,
                "provenance": ctx.provenance()}
     save_experiment(ctx.run_dir, "robust-embedding", summary, arrays)

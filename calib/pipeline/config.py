@@ -1,10 +1,11 @@
 """Options of ``calib run`` (:class:`RunConfig`) and the TOML/YAML config file that can replace flags.
 
 A config file holds the same names as :class:`RunConfig`'s fields, with the nested sections
-``[semantic]`` (:class:`SemanticConfig`), ``[attack]`` (:class:`AttackConfig`), ``[audit]``
-(:class:`calib.audit.AuditConfig`) and ``[robust_embedding]`` (:class:`RobustEmbeddingConfig`;
-present = train g as a robust triplet embedding). Unknown keys are errors, so a typo never silently falls back
-to a default.
+``[judge]`` (:class:`calib.judges.JudgeConfig`), ``[semantic]`` (:class:`SemanticConfig`),
+``[attack]`` (:class:`AttackConfig`), ``[audit]`` (:class:`calib.audit.AuditConfig`),
+``[robust_embedding]`` (:class:`RobustEmbeddingConfig`: the ``robust`` judge's embedding) and
+``[lipschitz]`` (:class:`LipschitzConfig`: the ``lipschitz`` judge's embedding). Unknown keys are
+errors, so a typo never silently falls back to a default.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from calib.audit import AuditConfig
 from calib.data import DEFAULT_FRACTIONS
 from calib.errors import ConfigError
 from calib.io import read_text
+from calib.judges import JudgeConfig
 
 
 def default_run_name(dataset: str, seed: int) -> str:
@@ -30,12 +32,39 @@ def default_run_dir(dataset: str, seed: int) -> Path:
 
 @dataclass(frozen=True)
 class SemanticConfig:
-    """Semantic-budget search: norms, bisection steps, embedding-shift PGD steps and restarts."""
+    """Semantic budgets: the judge's robustness radius per calibration point (see
+    :mod:`calib.budgets.semantic`) in ``norms``, by per-point bisection (``iters`` probes after a first
+    attack on the whole box), each probe a PGD attack on the judge's margin (``steps``, ``restarts``)."""
 
     norms: tuple[str, ...] = ("linf", "l2")
-    iters: int = 7
+    iters: int = 8
     steps: int = 10
     restarts: int = 1
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.norms if n not in ("linf", "l2")]
+        if bad or not self.norms:
+            raise ConfigError(f"semantic norms must be linf and/or l2; got {list(self.norms)}")
+        if self.iters < 0 or self.steps < 1 or self.restarts < 1:
+            raise ConfigError("semantic iters must be >= 0, steps and restarts >= 1")
+
+
+@dataclass(frozen=True)
+class LipschitzConfig:
+    """The ``lipschitz`` judge's embedding (:mod:`calib.models.lipschitz`): hidden ``width`` x
+    ``depth`` orthogonal layers with MaxMin, triplet ``margin`` on raw embeddings, ``epochs``
+    (default: the run's embedding epochs)."""
+
+    width: int = 512
+    depth: int = 3
+    margin: float = 1.0
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.width < 2 or self.width % 2 or self.depth < 1:
+            raise ConfigError(f"lipschitz width must be even and >= 2, depth >= 1; got {self.width}, {self.depth}")
+        if not self.margin > 0 or (self.epochs is not None and self.epochs < 1):
+            raise ConfigError("lipschitz margin must be > 0 and epochs >= 1")
 
 
 @dataclass(frozen=True)
@@ -81,7 +110,7 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class RobustEmbeddingConfig:
-    """Train the run's embedding g as a robust triplet embedding (see
+    """The ``robust`` judge's embedding: a robust triplet embedding (see
     :mod:`calib.train.adversarial`): clean-loss weight ``alpha``, anchors maximising the embedding
     shift in a ``norm`` ball of radius ``eps`` found by ``attack`` (``fgsm``/``pgd``, ``steps``)."""
 
@@ -112,9 +141,11 @@ class RunConfig:
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     classifier_epochs: int = 20
     embedding_epochs: int = 20
-    second_embedding: bool = True
     embedding_dim: int = 64
-    robust_embedding: RobustEmbeddingConfig | None = None
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    semantic_bound: str = "empirical"
+    robust_embedding: RobustEmbeddingConfig = field(default_factory=RobustEmbeddingConfig)
+    lipschitz: LipschitzConfig = field(default_factory=LipschitzConfig)
     margin: float = 0.2
     miner: str = "semihard"
     q: float = 0.05
@@ -146,8 +177,13 @@ class RunConfig:
         if self.tsne_points < 10 or self.gallery_per_class < 1:
             raise ConfigError("tsne_points must be >= 10 and gallery_per_class >= 1")
         Policy(q=self.q, s=self.s, rule=self.rule)
-        if self.robust_embedding is not None:
-            self.robust_embedding.mix()  # validates
+        self.robust_embedding.mix()  # validates
+        if self.semantic_bound not in ("empirical", "certified"):
+            raise ConfigError(f"unknown semantic bound {self.semantic_bound!r}; choose empirical or certified")
+        if self.semantic_bound == "certified" and self.judge.name not in CERTIFIED_JUDGES and not (
+                self.judge.name == "ensemble" and all(m in CERTIFIED_JUDGES for m in self.judge.members)):
+            raise ConfigError(f"judge {self.judge.name!r} has no certificate, so its semantic budget has no certified "
+                              f"bound; use --semantic-bound empirical or a certified judge ({', '.join(CERTIFIED_JUDGES)})")
         StatsConfig(pairs=(self.pair,), matrix_modes=tuple(self.matrix_modes))
 
     def run_dir(self) -> Path:
@@ -157,7 +193,11 @@ class RunConfig:
 
 
 _NESTED = {"semantic": SemanticConfig, "attack": AttackConfig, "audit": AuditConfig,
-           "robust_embedding": RobustEmbeddingConfig}
+           "robust_embedding": RobustEmbeddingConfig, "lipschitz": LipschitzConfig, "judge": JudgeConfig}
+#: sections that cannot be turned off with ``false``
+_ALWAYS = ("audit", "judge", "robust_embedding", "lipschitz")
+#: judges with a Lipschitz certificate
+CERTIFIED_JUDGES = ("lipschitz",)
 
 
 def _coerce(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -186,8 +226,8 @@ def run_config_from_mapping(values: dict[str, Any], where: str = "config") -> Ru
         if key in values:
             v = values[key]
             if v is False or v is None:
-                if key == "audit":
-                    raise ConfigError(f"{where}: audit cannot be turned off")
+                if key in _ALWAYS:
+                    raise ConfigError(f"{where}: [{key}] cannot be turned off")
                 values[key] = None
             else:
                 values[key] = _coerce(cls, v, f"{where} [{key}]")

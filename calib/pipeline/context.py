@@ -25,6 +25,7 @@ class RunContext:
     table: Any
     device: str = "cpu"
     _models: dict[str, nn.Module] = field(default_factory=dict)
+    _judges: dict[str, Any] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
@@ -35,12 +36,26 @@ class RunContext:
         return self.summary["run"]
 
     def model(self, name: str) -> nn.Module:
-        """``classifier``, ``embedding`` or ``embedding2`` from ``models/`` (hash-checked)."""
+        """A model stem from ``models/`` (``classifier``, ``embedding``, ...; hash-checked)."""
         if name not in self._models:
             from calib.models import load_model
 
             self._models[name] = load_model(self.run_dir / "models" / name, self.device)[0]
         return self._models[name]
+
+    def judge(self, name: str | None = None):
+        """The run's judge (or the judge ``name``) built from this run's models (cached)."""
+        from calib.judges import JudgeConfig
+        from calib.pipeline.config import run_config_from_mapping
+        from calib.pipeline.stages import run_judge
+
+        cfg = run_config_from_mapping({"judge": self.run_config.get("judge") or {}}, "run summary").judge
+        name = name or cfg.name
+        key = f"judge:{name}"
+        if key not in self._judges:
+            self._judges[key] = run_judge(name, self.run_dir, self.dataset, self.splits,
+                                          JudgeConfig(**{**cfg.__dict__, "name": name}), self.device)
+        return self._judges[key]
 
     def provenance(self) -> dict[str, Any]:
         from calib.models.artefact import versions

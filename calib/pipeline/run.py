@@ -1,6 +1,7 @@
-"""``calib run``: dataset -> classifier f, embedding g (and an independent g2) -> statistics ->
-geometric + semantic budgets (the epsilon table) -> attacks (global eps, per-class eps,
-embedding-projected PGD) -> audit -> class-mixing probe -> 2-D embedding views -> HTML report.
+"""``calib run``: dataset -> classifier f, embedding g and the models of the run's judges ->
+statistics -> the judges' robustness radii -> geometric + semantic budgets (the epsilon table) ->
+attacks (global eps, per-class eps, embedding-projected PGD) -> audit by the run's judge ->
+class-mixing probe -> 2-D embedding views -> HTML report.
 
 Every stage is cached under the run folder (:mod:`calib.pipeline.cache`), keyed by its options and
 the hashes of the artefacts it reads, so a second identical invocation only checks hashes, an
@@ -20,20 +21,24 @@ import numpy as np
 from calib.budgets import Policy, geometric_table, load_table
 from calib.data import Dataset, Splits, load_dataset, split_dataset
 from calib.data.split import stratified_indices
-from calib.io import write_json, write_npz
+from calib.io import to_jsonable, write_json, write_npz
+from calib.judges import MODEL_OF
 from calib.models import load_model
 from calib.models.artefact import versions
 from calib.pipeline.cache import StageCache, StageRecord, source_hash
 from calib.pipeline.config import AttackConfig, RunConfig
-from calib.pipeline.stages import semantic_stage, stats_stage
+from calib.pipeline.stages import run_judge, semantic_radii, semantic_table, stats_stage
 from calib.stats import Stats, StatsConfig
 from calib.train import TrainConfig, train_classifier, train_embedding
 
 log = logging.getLogger(__name__)
 
 # bump a stage's version when its code changes what it writes: cached results are then recomputed
-STAGE_VERSIONS = {"classifier": 1, "embedding": 1, "embedding2": 1, "stats": 1, "budgets": 1, "attack": 1,
-                  "audit": 1, "probe": 1, "projection": 1, "report": 1}
+# (the semantic, budgets, audit and report stages hash their code instead)
+STAGE_VERSIONS = {"classifier": 1, "embedding": 1, "embedding2": 2, "robust-embedding": 1,
+                  "lipschitz-embedding": 1, "stats": 1, "attack": 1, "probe": 2, "projection": 1}
+#: code whose edits recompute the judge-dependent stages
+JUDGE_CODE = ("calib.judges", "calib.budgets", "calib.budgets.semantic", "calib.attacks")
 
 
 def _model_outputs(stem: str) -> list[str]:
@@ -50,11 +55,12 @@ def attack_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
 
 
 def second_split(ds: Dataset, splits: Splits, seed: int) -> tuple[Dataset, Dataset]:
-    """Training data of the independent embedding g2: the non-test samples re-split 85/15 with
-    another seed (never the test part, which is attacked and audited)."""
-    pool = np.sort(np.concatenate([splits.train.indices, splits.calibration.indices]))
+    """Training data of the independent embedding g2: the training part re-split 85/15 with
+    another seed. Never the calibration part (whose radii the judges measure) nor the test part
+    (which is attacked and audited)."""
+    pool = splits.train.indices
     tr, va = stratified_indices(ds.labels[pool], (0.85, 0.15), seed)
-    return ds.subset(pool[tr], "train2"), ds.subset(pool[va], "validation2")
+    return ds.subset(np.sort(pool[tr]), "train2"), ds.subset(np.sort(pool[va]), "validation2")
 
 
 def attack_plan(cfg: AttackConfig) -> list[dict[str, Any]]:
@@ -83,6 +89,8 @@ def attack_plan(cfg: AttackConfig) -> list[dict[str, Any]]:
 def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], None] | None = None
         ) -> dict[str, Any]:
     """Run (or resume) the whole pipeline; returns the summary also written to ``summary.json``."""
+    from calib.device import resolve_device
+
     t0 = time.perf_counter()
     out = config.run_dir()
     ds = load_dataset(config.dataset, config.data_dir, download=config.download)
@@ -91,87 +99,60 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
     cache = StageCache(out, on_stage)
     data_key = {"dataset": ds.fingerprint, "split_seed": config.seed, "fractions": list(config.fractions),
                 **{p: getattr(splits, p).fingerprint for p in ("train", "calibration", "test")}}
-    common = {"device": config.device, "progress": config.progress}
-    models = out / "models"
+    device = str(resolve_device(config.device))
 
-    # ---- models ----------------------------------------------------------------------------------
-    clf_train = TrainConfig(epochs=config.classifier_epochs, seed=config.seed, **common)
+    models = _train_models(config, cache, ds, splits, data_key)
+    clf, emb = models["classifier"], models["embedding"]
 
-    def do_classifier() -> dict[str, Any]:
-        m = train_classifier(splits.train, clf_train, validation=splits.calibration, test=splits.test,
-                             split_seed=config.seed)
-        return {"metrics": m.metrics, "weights_sha256": m.save(models / "classifier")["weights_sha256"],
-                "training_seconds": m.training["seconds"]}
-
-    clf = cache.run("classifier", {"v": STAGE_VERSIONS["classifier"], "data": data_key,
-                                   "train": _train_key(clf_train)}, _model_outputs("classifier"), do_classifier)
-    emb_train = TrainConfig(epochs=config.embedding_epochs, seed=config.seed, **common)
-    emb_opts = {"dim": config.embedding_dim, "margin": config.margin, "miner": config.miner}
-    robust = config.robust_embedding.mix() if config.robust_embedding is not None else None
-
-    def do_embedding() -> dict[str, Any]:
-        m = train_embedding(splits.train, emb_train, test=splits.test, split_seed=config.seed, adversarial=robust,
-                            **emb_opts)
-        return {"metrics": m.metrics, "weights_sha256": m.save(models / "embedding")["weights_sha256"],
-                "training_seconds": m.training["seconds"]}
-
-    emb = cache.run("embedding", {"v": STAGE_VERSIONS["embedding"], "data": data_key,
-                                  "train": _train_key(emb_train), **emb_opts,
-                                  **({"robust": robust.describe()} if robust else {})},
-                    _model_outputs("embedding"), do_embedding)
-    emb2 = None
-    if config.second_embedding:
-        seed2 = config.seed + 1
-        emb2_train = dataclasses.replace(emb_train, seed=seed2)
-
-        def do_embedding2() -> dict[str, Any]:
-            train2, _ = second_split(ds, splits, seed2)
-            m = train_embedding(train2, emb2_train, test=splits.test, split_seed=seed2, **emb_opts)
-            return {"metrics": m.metrics, "weights_sha256": m.save(models / "embedding2")["weights_sha256"],
-                    "training_seconds": m.training["seconds"], "train_fingerprint": train2.fingerprint,
-                    "split_seed": seed2}
-
-        emb2 = cache.run("embedding2", {"v": STAGE_VERSIONS["embedding2"], "data": data_key,
-                                        "train": _train_key(emb2_train), **emb_opts},
-                         _model_outputs("embedding2"), do_embedding2)
-
-    # ---- statistics and budgets ----------------------------------------------------------------------
+    # ---- statistics, judges' radii and budgets --------------------------------------------------------
     stats_config = StatsConfig(pairs=tuple(dict.fromkeys(("train-train", config.pair, "test-train"))),
-                               matrix_modes=config.matrix_modes, seed=config.seed)
+                               matrix_modes=config.matrix_modes, seed=config.seed,
+                               use_gpu=device.startswith("cuda"))
 
     def do_stats() -> dict[str, Any]:
-        s = stats_stage(ds, splits, stats_config, models / "embedding", models / "classifier",
-                        show_progress=config.progress)
+        s = stats_stage(ds, splits, stats_config, out / "models" / "embedding", out / "models" / "classifier",
+                        show_progress=config.progress, device=device)
         s.save(out)
         return {"seconds": s.meta["seconds"]}
 
-    cache.run("stats", {"v": STAGE_VERSIONS["stats"], "data": data_key, "config": asdict(stats_config),
-                             "embedding": emb.info["weights_sha256"], "classifier": clf.info["weights_sha256"]},
-                   ["stats.json", "stats.npz"], do_stats)
+    cache.run("stats", {"v": STAGE_VERSIONS["stats"], "data": data_key,
+                        "config": asdict(dataclasses.replace(stats_config, use_gpu=False)),
+                        "embedding": emb.info["weights_sha256"], "classifier": clf.info["weights_sha256"]},
+              ["stats.json", "stats.npz"], do_stats)
+    semantic = _semantic_stages(config, cache, ds, splits, data_key, models, device)
     policy = Policy(q=config.q, s=config.s, rule=config.rule)
 
     def do_budgets() -> dict[str, Any]:
+        from calib.budgets.per_sample import per_sample_arrays, write_per_sample
+        from calib.budgets.semantic import load_radii
+
         stats = Stats.load(out)
         table = geometric_table(stats, policy, pair=config.pair, provenance={"seed": config.seed})
+        radii = None
         if config.semantic is not None:
-            table = semantic_stage(table, stats, ds, models / "embedding", config.semantic, seed=config.seed,
-                                   show_progress=config.progress)
+            table = semantic_table(table, stats, out, config.judge.name, config.semantic_bound)
+            radii = load_radii(out / "semantic", config.judge.name)[0]
         table.save(out / "eps_table.json")
+        meta = {"dataset": ds.name, "fingerprint": ds.fingerprint, "pair": config.pair, "q": config.q, "s": config.s,
+                "judge": config.judge.name if radii else None, "bound": config.semantic_bound if radii else None}
+        write_per_sample(out / "per_sample_eps.npz",
+                         per_sample_arrays(stats, policy, config.pair, radii, config.semantic_bound), meta)
         return {}
 
-    cache.run("budgets", {"v": STAGE_VERSIONS["budgets"], "stats": cache.output_hash("stats.npz"),
-                                "stats_json": cache.output_hash("stats.json"), "policy": asdict(policy),
-                                "pair": config.pair, "embedding": emb.info["weights_sha256"],
-                                "semantic": asdict(config.semantic) if config.semantic else None},
-                    ["eps_table.json", "eps_table.csv"], do_budgets)
+    cache.run("budgets", {"code": source_hash(*JUDGE_CODE), "stats": cache.output_hash("stats.npz"),
+                          "stats_json": cache.output_hash("stats.json"), "policy": asdict(policy),
+                          "pair": config.pair, "judge": config.judge.name if config.semantic else None,
+                          "bound": config.semantic_bound,
+                          "semantic": semantic.get(config.judge.name).key if config.semantic else None},
+              ["eps_table.json", "eps_table.csv", "per_sample_eps.npz"], do_budgets)
     table_hash = cache.output_hash("eps_table.json")
 
     # ---- attacks and audit -------------------------------------------------------------------------
     attacks: dict[str, Any] = {}
+    judge_key = _judge_key(config, config.judge.name, models)
     if config.attack is not None:
-        attacks = _attacks_and_audit(config, cache, ds, splits, data_key, clf, emb, emb2, table_hash)
-    if config.attack is not None:
-        _probe_stage(config, cache, splits, emb, emb2, clf)
+        attacks = _attacks_and_audit(config, cache, ds, splits, data_key, clf, emb, table_hash, judge_key, device)
+        _probe_stage(config, cache, ds, splits, clf, judge_key, device)
     _projection_stage(config, cache, ds, emb)
 
     stages_so_far = {r.name: r.key for r in cache.records}
@@ -184,8 +165,7 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
                          context={"run": asdict(config), "versions": versions()})
             return {}
 
-        report = cache.run("report", {"v": STAGE_VERSIONS["report"], "code": source_hash("calib.report"),
-                                      "stages": stages_so_far,
+        report = cache.run("report", {"code": source_hash("calib.report"), "stages": stages_so_far,
                                       "gallery_per_class": config.gallery_per_class},
                            ["report.html"], do_report)
 
@@ -193,7 +173,9 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
         "run": asdict(config),
         "dataset": ds.describe(),
         "splits": splits.describe(),
-        "models": {"classifier": clf.info, "embedding": emb.info, **({"embedding2": emb2.info} if emb2 else {})},
+        "models": {stem: rec.info for stem, rec in models.items()},
+        "judge": config.judge.name,
+        "semantic": {name: rec.info for name, rec in semantic.items()},
         "stages": {r.name: {"reused": r.reused, "seconds": r.seconds, "key": r.key} for r in cache.records},
         "attacks": attacks,
         "eps_table": str(out / "eps_table.json"),
@@ -202,6 +184,7 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
         "seconds": time.perf_counter() - t0,
         "compute_seconds": sum(r.seconds for r in cache.records),
     }
+    summary = to_jsonable(summary)
     write_json(out / "summary.json", summary)
     log.info("run written to %s", out)
     return summary
@@ -213,12 +196,96 @@ def _train_key(cfg: TrainConfig) -> dict[str, Any]:
     return d
 
 
+def _train_models(config: RunConfig, cache: StageCache, ds: Dataset, splits: Splits, data_key: dict
+                  ) -> dict[str, StageRecord]:
+    """Train (or reuse) f, g and every model the measured judges need; stem -> stage record."""
+    out = cache.root / "models"
+    common = {"device": config.device, "progress": config.progress}
+    emb_opts = {"dim": config.embedding_dim, "margin": config.margin, "miner": config.miner}
+    emb_train = TrainConfig(epochs=config.embedding_epochs, seed=config.seed, **common)
+    lip = config.lipschitz
+    # stem -> (training config, options in the key, trainer)
+    plans: dict[str, tuple[TrainConfig, dict[str, Any], Callable[[TrainConfig], Any]]] = {}
+    clf_train = TrainConfig(epochs=config.classifier_epochs, seed=config.seed, **common)
+    plans["classifier"] = (clf_train, {}, lambda t: train_classifier(
+        splits.train, t, validation=splits.calibration, test=splits.test, split_seed=config.seed))
+    plans["embedding"] = (emb_train, emb_opts, lambda t: train_embedding(
+        splits.train, t, test=splits.test, split_seed=config.seed, **emb_opts))
+    needed = set(config.judge.models()) if config.semantic is not None or config.attack is not None else set()
+    if "embedding2" in needed:
+        seed2 = config.seed + 1
+
+        def train2(t: TrainConfig):
+            part, _ = second_split(ds, splits, seed2)
+            m = train_embedding(part, t, test=splits.test, split_seed=seed2, **emb_opts)
+            m.data["train_parent_fingerprint"] = splits.train.fingerprint
+            return m
+
+        plans["embedding2"] = (dataclasses.replace(emb_train, seed=seed2), emb_opts, train2)
+    if "robust-embedding" in needed:
+        mix = config.robust_embedding.mix()
+        plans["robust-embedding"] = (emb_train, {**emb_opts, "robust": mix.describe()}, lambda t: train_embedding(
+            splits.train, t, test=splits.test, split_seed=config.seed, adversarial=mix, **emb_opts))
+    if "lipschitz-embedding" in needed:
+        lip_opts = {"dim": config.embedding_dim, "margin": lip.margin, "miner": config.miner, "width": lip.width,
+                    "depth": lip.depth, "arch": "lipschitz-mlp"}
+        lip_train = dataclasses.replace(emb_train, epochs=lip.epochs or config.embedding_epochs)
+        plans["lipschitz-embedding"] = (lip_train, lip_opts, lambda t: train_embedding(
+            splits.train, t, test=splits.test, split_seed=config.seed, **lip_opts))
+    records = {}
+    for stem, (tcfg, opts, trainer) in plans.items():
+        def do(stem=stem, tcfg=tcfg, trainer=trainer) -> dict[str, Any]:
+            m = trainer(tcfg)
+            return {"metrics": m.metrics, "weights_sha256": m.save(out / stem)["weights_sha256"],
+                    "training_seconds": m.training["seconds"]}
+
+        records[stem] = cache.run(stem, {"v": STAGE_VERSIONS[stem], "data": data_key, "train": _train_key(tcfg),
+                                         **opts}, _model_outputs(stem), do)
+    return records
+
+
+def _judge_key(config: RunConfig, name: str, models: dict[str, StageRecord]) -> dict[str, Any]:
+    """What a judge's verdicts depend on: its models' weights and its settings."""
+    singles = config.judge.singles(name)
+    return {"name": name, "k": config.judge.k, "models": {MODEL_OF[s]: models[MODEL_OF[s]].info["weights_sha256"]
+                                                          for s in singles},
+            **({"rule": config.judge.rule, "members": list(config.judge.members)} if name == "ensemble" else {})}
+
+
+def _semantic_stages(config: RunConfig, cache: StageCache, ds: Dataset, splits: Splits, data_key: dict,
+                     models: dict[str, StageRecord], device: str) -> dict[str, StageRecord]:
+    """Each measured judge's robustness radii at the calibration points: ``semantic/<judge>.*``."""
+    if config.semantic is None:
+        return {}
+    out = cache.root
+    records = {}
+    for name in config.judge.measured:
+        def do(name=name) -> dict[str, Any]:
+            from calib.budgets.semantic import save_radii
+
+            judge = run_judge(name, out, ds, splits, config.judge, device)
+            radii, idx, y = semantic_radii(judge, ds, splits, config.pair, config.semantic, seed=config.seed,
+                                           device=device, show_progress=config.progress)
+            save_radii(out / "semantic", name, radii, idx, y, judge.describe())
+            info: dict[str, Any] = {"judge": judge.describe()}
+            for norm, r in radii.items():  # (per-class budgets depend on q and s: they live in the table)
+                info[norm] = {"median_empirical": float(np.median(r.empirical)), "seconds": r.info["seconds"],
+                              "certificate_checked": r.checked, "not_found": r.info["not_found"],
+                              "clean_wrong": r.info["clean_wrong"]}
+            return to_jsonable(info)
+
+        records[name] = cache.run(f"semantic-{name}", {
+            "code": source_hash(*JUDGE_CODE), "data": data_key, "judge": _judge_key(config, name, models),
+            "semantic": asdict(config.semantic), "pair": config.pair, "seed": config.seed},
+            [f"semantic/{name}.npz", f"semantic/{name}.json"], do)
+    return records
+
+
 def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits: Splits, data_key: dict,
-                       clf: StageRecord, emb: StageRecord, emb2: StageRecord | None, table_hash: str
-                       ) -> dict[str, Any]:
+                       clf: StageRecord, emb: StageRecord, table_hash: str, judge_key: dict[str, Any],
+                       device: str) -> dict[str, Any]:
     from calib.attacks.runner import run_attack, save_attack
     from calib.audit import audit, build_reference
-    from calib.device import resolve_device
 
     out = cache.root
     models = out / "models"
@@ -226,7 +293,6 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
     test = splits.test
     sel = attack_subset(test.labels, acfg.n, config.seed)
     x, y = test.images[sel], test.labels[sel]
-    device = resolve_device(config.device)
     loaded: dict[str, Any] = {}
 
     def model(name: str):
@@ -234,18 +300,19 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
             loaded[name] = load_model(models / name, device)[0]
         return loaded[name]
 
-    def embeddings() -> dict[str, Any]:
-        """The audit's embeddings: g, and the independent g2 when the run trained it."""
-        return {"g": model("embedding")} | ({"g2": model("embedding2")} if emb2 else {})
+    def judge():
+        if "judge" not in loaded:
+            loaded["judge"] = run_judge(config.judge.name, out, ds, splits, config.judge, device)
+        return loaded["judge"]
 
     table = load_table(out / "eps_table.json")
-    ref_holder: dict[str, Any] = {}
 
     def reference():
-        if "ref" not in ref_holder:
+        if "ref" not in loaded:
             tr = splits.train
-            ref_holder["ref"] = build_reference(model("classifier"), embeddings(), tr.images, tr.labels, device)
-        return ref_holder["ref"]
+            loaded["ref"] = build_reference(model("classifier"), {"g": model("embedding")}, tr.images, tr.labels,
+                                            device)
+        return loaded["ref"]
 
     results = {}
     for item in attack_plan(acfg):
@@ -275,57 +342,56 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
                 x_adv, pred, eps = z["x_adv"], z["pred"], z["eps"]
             if ball_space == "embedding":
                 eps = table.eps("embedding", "l2")[y]
-            result = audit(x, x_adv, y, pred, norm=spec.norm, eps=eps, reference=reference(), embeddings=embeddings(),
-                           config=config.audit, ball_space=ball_space, num_classes=ds.num_classes, device=device)
+            result = audit(x, x_adv, y, pred, norm=spec.norm, eps=eps, reference=reference(), judge=judge(),
+                           config=config.audit, ball_space=ball_space, embedding=model("embedding"),
+                           num_classes=ds.num_classes, device=device)
             result.meta |= {"attack": name, "budget": item["budget"], "spec": asdict(spec)}
             result.arrays["indices"] = test.indices[sel]
             result.save(out / "audit", name, ds.class_names)
             return {"valid_rate": float(result.arrays["valid"].mean()),
-                    "success_rate": float(result.arrays["success"].mean())}
+                    "success_rate": float(result.arrays["success"].mean()), "judge": config.judge.name}
 
-        aud = cache.run(f"audit-{name}", {"v": STAGE_VERSIONS["audit"], "attack": att.key,
-                                          "attack_npz": cache.output_hash(f"attacks/{name}.npz"),
-                                          "g2": emb2.info["weights_sha256"] if emb2 else None,
-                                          "reference": data_key["train"], "config": asdict(config.audit),
-                                          "code": source_hash("calib.audit"),
+        aud = cache.run(f"audit-{name}", {"attack": att.key, "attack_npz": cache.output_hash(f"attacks/{name}.npz"),
+                                          "judge": judge_key, "reference": data_key["train"],
+                                          "config": asdict(config.audit),
+                                          "code": source_hash("calib.audit", *JUDGE_CODE),
                                           "table": table_hash if item["budget"] != "global" else None},
                         [f"audit/{name}.npz", f"audit/{name}.json"], do_audit)
         results[name] = {"budget": item["budget"], "norm": spec.norm, **att.info, **aud.info}
     return results
 
 
-def _probe_stage(config: RunConfig, cache: StageCache, splits: Splits, emb: StageRecord,
-                 emb2: StageRecord | None, clf: StageRecord) -> StageRecord:
+def _probe_stage(config: RunConfig, cache: StageCache, ds: Dataset, splits: Splits, clf: StageRecord,
+                 judge_key: dict[str, Any], device: str) -> StageRecord:
     """The class-mixing probe ``x0 + eps sign(x1)`` on test images, with f's prediction and the
-    embeddings' k-NN labels (cached)."""
+    run judge's label (cached)."""
     out = cache.root
 
     def do_probe() -> dict[str, Any]:
         from calib.attacks.probe import class_mixing_probe
-        from calib.audit import build_reference, knn_labels
+        from calib.audit.audit import judge_verdicts
         from calib.models.infer import forward_batched
 
-        f = load_model(out / "models" / "classifier")[0]
-        g = load_model(out / "models" / "embedding")[0]
-        embs = {"g": g} | ({"g2": load_model(out / "models" / "embedding2")[0]} if emb2 else {})
+        f = load_model(out / "models" / "classifier", device)[0]
+        g = load_model(out / "models" / "embedding", device)[0]
+        judge = run_judge(config.judge.name, out, ds, splits, config.judge, device)
         test = splits.test
         p = class_mixing_probe(test.images, test.labels, config.attack.probe_eps, seed=config.seed, embedding=g)
-        ref = build_reference(f, embs, splits.train.images, splits.train.labels)
         arrays = {"images": p.images, "index0": test.indices[p.index0], "index1": test.indices[p.index1],
-                  "class0": p.class0, "class1": p.class1, "pred": forward_batched(f, p.images).argmax(1).numpy(),
+                  "class0": p.class0, "class1": p.class1,
+                  "pred": forward_batched(f, p.images, device=device).argmax(1).numpy(),
                   "x0": test.images[p.index0], "x1": test.images[p.index1],
                   **{f"dist_{k}": v for k, v in p.input_distance.items()}}
-        for name, model in embs.items():
-            arrays[f"knn_{name}"] = knn_labels(forward_batched(model, p.images).numpy(), ref.embeddings[name],
-                                               ref.labels, config.audit.k)
-        write_npz(out / "probe.npz", {"eps": np.float64(p.eps), **arrays})
+        v = judge_verdicts(judge, test.images[p.index0], p.images, p.class0, device=device)
+        arrays |= {"judge_label": v["judge_label"], "judge_changed": v["class_changed"],
+                   "judge_score": v["judge_score"]}
+        write_npz(out / "probe.npz", {"eps": np.float64(p.eps), "judge": np.array(config.judge.name), **arrays})
         return {"eps": p.eps, "classifier_fooled": float((arrays["pred"] != arrays["class0"]).mean()),
-                "knn_g_changed": float((arrays["knn_g"] != arrays["class0"]).mean())}
+                "judge_changed": float(arrays["judge_changed"].mean()), "judge": config.judge.name}
 
     return cache.run("probe", {"v": STAGE_VERSIONS["probe"], "test": splits.test.fingerprint,
                                "eps": config.attack.probe_eps, "seed": config.seed,
-                               "classifier": clf.info["weights_sha256"], "embedding": emb.info["weights_sha256"],
-                               "g2": emb2.info["weights_sha256"] if emb2 else None, "k": config.audit.k},
+                               "classifier": clf.info["weights_sha256"], "judge": judge_key},
                      ["probe.npz"], do_probe)
 
 

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 
 from calib.budgets import EpsTable, Policy, geometric_table
-from calib.data import Dataset, Splits
+from calib.budgets.semantic import Radii, load_radii, robustness_radii, save_radii
+from calib.data import DEFAULT_FRACTIONS, Dataset, Splits
 from calib.errors import ArtefactError, ConfigError
+from calib.judges import Judge, JudgeConfig, build_judge
 from calib.models import load_model
 from calib.pipeline.config import SemanticConfig
 from calib.stats import Stats, StatsConfig, compute_stats
@@ -21,15 +23,20 @@ log = logging.getLogger(__name__)
 
 
 def check_model_data(config: dict[str, Any], dataset: Dataset, splits: Splits, what: str,
-                     allow_mismatch: bool = False) -> None:
+                     allow_mismatch: bool = False, subset: bool = False) -> None:
     """Refuse a model trained on other data or another split (its calibration points could have
-    been training points), unless ``allow_mismatch``."""
+    been training points), unless ``allow_mismatch``. ``subset``: the model was trained on a
+    recorded subset of the training part (g2), whose indices are checked to lie in it."""
     data = config.get("data", {})
     if allow_mismatch:
         return
     if data.get("data_fingerprint") != dataset.fingerprint:
         raise ArtefactError(f"the {what} was trained on data {str(data.get('data_fingerprint'))[:12]}…, not on "
                             f"{dataset.name} ({dataset.fingerprint[:12]}…); pass --allow-mismatch to use it anyway")
+    if subset:
+        if data.get("train_parent_fingerprint") != splits.train.fingerprint:
+            raise ArtefactError(f"the {what} was not trained on a subset of this run's training part")
+        return
     if data.get("train_fingerprint") != splits.train.fingerprint:
         raise ArtefactError(f"the {what} was trained on another split (split seed {data.get('split_seed')}, "
                             f"this one {splits.seed}); use the same --seed or pass --allow-mismatch")
@@ -55,33 +62,91 @@ def stats_stage(dataset: Dataset, splits: Splits, config: StatsConfig, embedding
                          show_progress=show_progress)
 
 
-def semantic_stage(table: EpsTable, stats: Stats, dataset: Dataset, embedding_path: Path, config: SemanticConfig,
-                   seed: int = 0, show_progress: bool = True) -> EpsTable:
-    """Final budgets min(geometric, semantic) using the embedding artefact at ``embedding_path``."""
+def query_part(dataset: Dataset, splits: Splits, pair: str) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset indices and labels of the query points of a statistics ``pair`` (``calibration-train``)."""
+    query = pair.split("-")[0]
+    idx = np.arange(len(dataset)) if query == "all" else getattr(splits, query).indices
+    return idx, dataset.labels[idx]
+
+
+def run_judge(name: str, run_dir: Path, dataset: Dataset, splits: Splits, config: JudgeConfig,
+              device: str = "cpu") -> Judge:
+    """The judge ``name`` built from the models of a run folder, with the training part as its
+    reference set (an ensemble's scales set on the calibration part).
+
+    Raises:
+        ConfigError: the run has no model the judge needs.
+    """
+    models = Path(run_dir) / "models"
+
+    def load(stem: str):
+        if not (models / f"{stem}.json").exists():
+            raise ConfigError(f"judge {name!r} needs the model models/{stem}, which {run_dir} does not have; "
+                              f"run `calib run --judge {name}` (or list it under [judge] also)")
+        model, cfg = load_model(models / stem, device)
+        check_model_data(cfg, dataset, splits, stem, subset=stem == "embedding2")
+        return model, cfg
+
+    tr, cal = splits.train, splits.calibration
+    return build_judge(name, config, load, tr.images, tr.labels, dataset.num_classes, device=device,
+                       calibration=(cal.images, cal.labels))
+
+
+def semantic_radii(judge: Judge, dataset: Dataset, splits: Splits, pair: str, config: SemanticConfig, *,
+                   seed: int = 0, device: str = "cpu", show_progress: bool = True
+                   ) -> tuple[dict[str, Radii], np.ndarray, np.ndarray]:
+    """The judge's robustness radii at the query points of ``pair``, per norm of ``config``;
+    returns (norm -> Radii, dataset indices, labels)."""
+    idx, y = query_part(dataset, splits, pair)
+    x = dataset.images[idx]
+    radii = {norm: robustness_radii(judge, x, y, norm, iters=config.iters, steps=config.steps,
+                                    restarts=config.restarts, seed=seed, device=device, show_progress=show_progress)
+             for norm in config.norms}
+    return radii, idx, y
+
+
+def semantic_table(geo: EpsTable, stats: Stats, run_dir: Path, judge_name: str, bound: str = "empirical"
+                   ) -> EpsTable:
+    """The final table from the geometric one and the saved radii ``RUN/semantic/<judge>.*``."""
     from calib.budgets import final_table
 
-    if stats.meta["dataset"]["fingerprint"] != dataset.fingerprint:
-        raise ConfigError("the statistics were computed on other data than the dataset given")
-    model, cfg = load_model(embedding_path)
-    if stats.meta.get("embedding_sha256") not in (None, cfg["weights_sha256"]):
-        raise ArtefactError(f"{embedding_path} is not the embedding the statistics were computed with")
-    return final_table(table, stats, model, dataset.images, config.norms, iters=config.iters, steps=config.steps,
-                       restarts=config.restarts, seed=seed, embedding_sha256=cfg["weights_sha256"],
-                       show_progress=show_progress)
+    radii, doc, idx, _ = load_radii(Path(run_dir) / "semantic", judge_name)
+    for norm in radii:
+        ps = stats.pair("input", norm, geo.policy["pair"])
+        if not np.array_equal(ps.query_indices, idx):
+            raise ConfigError(f"the {judge_name} radii were measured on other points than the statistics' "
+                              f"{geo.policy['pair']} pair; recompute them")
+    info = {norm: {k: v for k, v in i.items() if k in ("iters", "steps", "restarts", "max_radius", "seed",
+                                                            "certificate_checked", "not_found", "clean_wrong")}
+            for norm, i in doc["norms"].items()}
+    return final_table(geo, stats, radii, doc["judge"], bound=bound, semantic_info={"per_norm": info})
 
 
 def budgets_stage(stats_dir: Path, policy: Policy, pair: str, out: Path | None = None,
                   semantic: SemanticConfig | None = None, dataset: Dataset | None = None,
-                  embedding_path: Path | None = None, show_progress: bool = True) -> tuple[EpsTable, Path]:
+                  judge: str = "knn", judge_config: JudgeConfig | None = None, bound: str = "empirical",
+                  device: str = "cpu", show_progress: bool = True) -> tuple[EpsTable, Path]:
     """Epsilon table from saved statistics (geometric; final = min(geometric, semantic) with
-    ``semantic``), written to ``out`` (default beside the statistics)."""
+    ``semantic``, the radii of ``judge`` measured on the run folder's models), written to ``out``
+    (default beside the statistics)."""
     stats = Stats.load(stats_dir)
     table = geometric_table(stats, policy, pair=pair)
     if semantic is not None:
-        if dataset is None or embedding_path is None:
-            raise ConfigError("semantic budgets need the dataset and the embedding model")
-        table = semantic_stage(table, stats, dataset, embedding_path, semantic,
-                               seed=(stats.meta.get("split") or {}).get("seed", 0), show_progress=show_progress)
+        if dataset is None:
+            raise ConfigError("semantic budgets need the dataset")
+        if stats.meta["dataset"]["fingerprint"] != dataset.fingerprint:
+            raise ConfigError("the statistics were computed on other data than the dataset given")
+        from calib.data import split_dataset
+
+        split = stats.meta.get("split") or {}
+        splits = split_dataset(dataset, seed=int(split.get("seed", 0)),
+                               fractions=tuple(split.get("fractions", DEFAULT_FRACTIONS)))
+        jc = judge_config or JudgeConfig(name=judge)
+        j = run_judge(judge, Path(stats_dir), dataset, splits, jc, device)
+        radii, idx, y = semantic_radii(j, dataset, splits, pair, semantic, seed=int(split.get("seed", 0)),
+                                       device=device, show_progress=show_progress)
+        save_radii(Path(stats_dir) / "semantic", judge, radii, idx, y, j.describe())
+        table = semantic_table(table, stats, Path(stats_dir), judge, bound)
     path = out or Path(stats_dir) / "eps_table.json"
     table.save(path)
     return table, path
@@ -124,18 +189,16 @@ def audit_external(ctx, x_adv: np.ndarray, indices: np.ndarray, *, norm: str = "
                         "calibration images")
     x_adv = np.ascontiguousarray(x_adv, np.float32)
     y = ds.labels[idx]
-    f, g = ctx.model("classifier"), ctx.model("embedding")
-    embs = {"g": g}
-    if (ctx.run_dir / "models" / "embedding2.json").exists():
-        embs["g2"] = ctx.model("embedding2")
+    f = ctx.model("classifier")
+    judge = ctx.judge()
     if eps is None:
         import torch
 
         eps = perturbation_norms(torch.from_numpy(x), torch.from_numpy(x_adv), norm).double().numpy()
     eps = np.broadcast_to(np.asarray(eps, np.float64), (idx.size,)).copy()
     pred = forward_batched(f, x_adv).argmax(1).numpy()
-    ref = build_reference(f, embs, ctx.splits.train.images, ctx.splits.train.labels)
-    result = audit(x, x_adv, y, pred, norm=norm, eps=eps, reference=ref, embeddings=embs,
+    ref = build_reference(f, {}, ctx.splits.train.images, ctx.splits.train.labels)
+    result = audit(x, x_adv, y, pred, norm=norm, eps=eps, reference=ref, judge=judge,
                    config=config or AuditConfig(), num_classes=ds.num_classes)
     result.arrays["indices"] = idx
     arrays = {"x": x, "x_adv": x_adv, "labels": y, "pred": pred, "eps": eps, "indices": idx,

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 SECTIONS = (("summary", "Run summary"), ("headline", "Headline: valid adversarial examples"),
             ("heatmaps", "Class-pair distances"), ("distributions", "d_same and d_diff per class"),
-            ("coverage", "Coverage vs ε"), ("eps-table", "ε table"), ("embedding", "Embedding (2-D)"),
+            ("coverage", "Coverage vs ε"), ("eps-table", "ε table"), ("semantic", "Judges and semantic radii"),
+            ("embedding", "Embedding (2-D)"),
             ("galleries", "Galleries"), ("probe", "Class-mixing probe"), ("audit", "Audit tables"))
 
 CSS = """
@@ -185,7 +186,9 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     page.add(html_table(["", "value"], rows, sortable=False, left=2))
     mrows = []
     for stem, what in (("classifier", "classifier f"), ("embedding", "embedding g"),
-                       ("embedding2", "independent embedding g2")):
+                       ("embedding2", "independent embedding g2 (judge knn2)"),
+                       ("robust-embedding", "robust triplet embedding (judge robust)"),
+                       ("lipschitz-embedding", "certified-Lipschitz embedding (judge lipschitz)")):
         m = manifests.get(stem)
         if not m:
             continue
@@ -193,6 +196,8 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
         met = info.get("metrics", {})
         score = (f"accuracy {met['test_accuracy']:.4f}" if "test_accuracy" in met else
                  f"P@1 {met.get('test_precision_at_1', float('nan')):.4f}, MAP@R {met.get('test_map_at_r', float('nan')):.4f}")
+        if "lipschitz_l2" in met:
+            score += f", L2 Lipschitz constant {met['lipschitz_l2']:.6f}"
         mrows.append([what, score, info.get("weights_sha256", "")[:16], m.get("seconds")])
     page.add("<h3>Models (held-out test part)</h3>" + html_table(["model", "metric", "weights sha256", "seconds"],
                                                                  mrows, sortable=False, left=3))
@@ -203,33 +208,35 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     page.add("</section>")
 
     # ---- headline --------------------------------------------------------------------------------
-    page.add('<section id="headline"><h2>Headline: valid adversarial examples per class</h2>')
-    page.add('<p class="note">A <b>valid</b> adversarial example is successful (f(x′) ≠ y), not perceptible '
-             '(SSIM ≥ threshold), not class-changed (the k-NN label of g(x′), and of the independent g2(x′), over the '
-             'training set is still y) and not interpolated (x′ is not closer to another training image of its class '
-             'than to x). Global ε is the customary budget; per-class ε comes from the ε table; embedding PGD '
-             'projects onto the per-class embedding ball (with the global ε as input cap).</p>')
+    judge_desc = next((a.meta.get("judge") for a in audits.values() if a.meta.get("judge")), None) or {}
+    judge_name = judge_desc.get("name", "?")
+    page.add('<section id="headline"><h2>Headline: how many of these adversarial examples are fair?</h2>')
+    page.add(f'<p class="note">Judge of "the class changed": <b>{esc(judge_name)}</b> '
+             f'({esc(judge_desc.get("rule", ""))}). A <b>valid</b> adversarial example is successful (f(x′) ≠ y), '
+             'not perceptible (SSIM ≥ threshold), not class-changed (the judge still sees y) and not interpolated '
+             '(x′ is not closer to another training image of its class than to x). Global ε is the customary budget; '
+             'per-class ε comes from the ε table; embedding PGD projects onto the per-class embedding ball (with the '
+             'global ε as input cap). Per attack and class: the success rate, then, among the successful examples, '
+             'the shares the judge calls class-preserving, that are perceptible, interpolated, and valid.</p>')
     if audits:
         first = next(iter(audits.values()))
         cfg = first.meta.get("config", {})
-        page.add(f'<p class="note">Audit settings: SSIM threshold {esc(cfg.get("ssim_min"))}, k = {esc(cfg.get("k"))}, '
+        page.add(f'<p class="note">Audit settings: SSIM threshold {esc(cfg.get("ssim_min"))}, '
                  f'pixel tolerance {esc(round(float(cfg.get("tol", 0)), 5))}, background detector in verdict: '
                  f'{esc(cfg.get("detector_in_verdict"))}; reference set {esc(first.meta.get("reference_size"))} '
                  f'training images ({esc(first.meta.get("reference_misclassified"))} misclassified by f).</p>')
-        rates = {name: {names[int(c)]: float(a.arrays["valid"][a.arrays["labels"] == c].mean())
-                        for c in np.unique(a.arrays["labels"])} for name, a in audits.items()}
-        page.figure(F.headline(rates, names), "headline")
+        page.figure(F.headline_breakdown(audits, names, judge_name), "headline")
         hrows = []
         for name, a in audits.items():
             r = a.rates()
-            eps_desc = _eps_desc(a)
-            hrows.append([name, a.meta.get("budget"), eps_desc, r["n"], r["success_rate"], r["perceptible_rate"],
-                          r["detected_rate"], r["class_changed_rate"], r["interpolated_rate"],
-                          r["ball_has_wrong_rate"], r["valid_rate"], r["valid_among_successes"], r["mean_ssim"]])
+            hrows.append([name, a.meta.get("budget"), _eps_desc(a), (a.meta.get("judge") or {}).get("name"), r["n"],
+                          r["success_rate"], r["class_preserving_among_successes"], r["perceptible_among_successes"],
+                          r["interpolated_among_successes"], r["valid_among_successes"], r["valid_rate"],
+                          r["ball_has_wrong_rate"], r["mean_ssim"]])
         page.add("<ul class=\"note\">" + "".join(_reading(k, a.rates()) for k, a in audits.items()) + "</ul>")
-        page.add(html_table(["attack", "budget", "ε", "n", "success", "perceptible", "bg detector", "class changed",
-                             "interpolated", "ball has misclassified same-class", "VALID", "valid | success",
-                             "mean SSIM"], hrows, left=3))
+        page.add(html_table(["attack", "budget", "ε", "judge", "n", "success", "class-preserving | success",
+                             "perceptible | success", "interpolated | success", "VALID | success", "VALID (all)",
+                             "ball has misclassified same-class", "mean SSIM"], hrows, left=4))
     else:
         page.add('<p class="note">No attacks were run (attack stage turned off).</p>')
     page.add("</section>")
@@ -257,12 +264,19 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     # ---- eps table ---------------------------------------------------------------------------------
     doc = (run_dir / "eps_table.json").read_bytes()
     href = "data:application/json;base64," + base64.b64encode(doc).decode()
+    sem_pol = table.policy.get("semantic") or {}
+    sem_judge = sem_pol.get("judge") if isinstance(sem_pol.get("judge"), dict) else {"name": sem_pol.get("judge")}
     page.add('<section id="eps-table"><h2>ε table</h2>'
              f'<p class="note">Policy {esc(table.policy.get("method"))}, q = {esc(table.policy.get("q"))}, '
              f's = {esc(table.policy.get("s"))}, rule {esc(table.policy.get("rule"))}. '
-             f'<a download="eps_table.json" href="{href}">Download eps_table.json</a> (also beside this report). '
-             'Semantic budgets are upper estimates: the worst-case embedding shift is found by PGD, a lower '
-             'bound on the true worst case.</p>')
+             f'<a download="eps_table.json" href="{href}">Download eps_table.json</a> (also beside this report; '
+             'per-sample budgets in per_sample_eps.npz). Final input budget = min(geometric, semantic). The semantic '
+             f'budget is the robustness radius of the judge <b>{esc(sem_judge.get("name"))}</b>, per class the '
+             f'q-quantile over calibration points, bracketed by an attack (empirical: an <i>upper</i>, optimistic '
+             'estimate) and, for a certified judge, a certificate (a guaranteed <i>lower</i> bound); the final budget '
+             f'uses the <b>{esc(sem_pol.get("bound", "–"))}</b> bound. The embedding budget is the 1-NN margin '
+             's·Q_q{(d_diff_g − d_same_g)/2}. Input panels use log axes so that budgets of one grey level and of '
+             'half the range are both visible; a budget of 0 has no bar there (see the table below).</p>')
     page.figure(F.eps_table_chart(table), "eps-table-chart")
     keys = list(table.budgets)
     erows = []
@@ -275,6 +289,9 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     header = ["class"] + [h for k in keys for h in (f"ε {NORM_LABEL.get(k, k)}", f"coverage {NORM_LABEL.get(k, k)}")]
     page.add(html_table(header, erows))
     page.add("</section>")
+
+    # ---- judges and semantic radii ---------------------------------------------------------------
+    _semantic_section(run_dir, names, page)
 
     # ---- embedding ---------------------------------------------------------------------------------
     proj = _load_npz(run_dir / "projection.npz")
@@ -306,22 +323,24 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
         fooled = probe["pred"] != probe["class0"]
         page.add(f'<p class="note">x0 + {eps:g}·sign(x1): inside the L∞ ball of radius {eps:g} around x0, yet a '
                  f'faint copy of x1 is stamped in. f predicts another class than x0\'s for {fooled.mean():.1%} '
-                 f'of the {len(fooled)} probes; g\'s k-NN label changes for '
-                 f'{(probe["knn_g"] != probe["class0"]).mean():.1%}.</p>')
+                 f'of the {len(fooled)} probes; the judge {esc(str(probe.get("judge", "")))} sees another class '
+                 f'for {(probe["judge_label"] != probe["class0"]).mean():.1%}.</p>')
         page.figure(F.probe_gallery(probe, names), "probe")
         prow = []
         for c, n in enumerate(names):
             m = probe["class0"] == c
             if m.any():
-                prow.append([n, int(m.sum()), float(fooled[m].mean()), float((probe["knn_g"][m] != c).mean()),
-                             float((probe.get("knn_g2", probe["knn_g"])[m] != c).mean())])
-        page.add(html_table(["class of x0", "probes", "f changes", "g k-NN changes", "g2 k-NN changes"], prow))
+                prow.append([n, int(m.sum()), float(fooled[m].mean()), float((probe["judge_label"][m] != c).mean()),
+                             float(probe["judge_changed"][m].mean())])
+        page.add(html_table(["class of x0", "probes", "f changes", "judge label changes", "judge: class changed"],
+                            prow))
     page.add("</section>")
 
     # ---- audit tables ------------------------------------------------------------------------------
     page.add('<section id="audit"><h2>Audit tables per class</h2>')
     for name, a in audits.items():
         rows = []
+        members = a.meta.get("judge_members", [])
         y = a.arrays["labels"]
         for c, n in enumerate(names):
             m = y == c
@@ -330,17 +349,18 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
             r = a.rates(m)
             rows.append([n, r["n"], r["success_rate"], r["mean_linf"], r["mean_l2"], r["mean_l0"],
                          r["mean_background_share"], r["detected_rate"], r["mean_ssim"], r["perceptible_rate"],
-                         *[r.get(f"class_changed_{e}_rate") for e in a.meta["embeddings"]],
+                         r["class_changed_rate"], *[r.get(f"class_changed_{e}_rate") for e in members],
                          r["interpolated_rate"], r["ball_has_wrong_rate"], r["valid_rate"]])
         r = a.rates()
         rows.append(["all", r["n"], r["success_rate"], r["mean_linf"], r["mean_l2"], r["mean_l0"],
                      r["mean_background_share"], r["detected_rate"], r["mean_ssim"], r["perceptible_rate"],
-                     *[r.get(f"class_changed_{e}_rate") for e in a.meta["embeddings"]],
+                     r["class_changed_rate"], *[r.get(f"class_changed_{e}_rate") for e in members],
                      r["interpolated_rate"], r["ball_has_wrong_rate"], r["valid_rate"]])
-        page.add(f"<details open><summary>{esc(name)} ({esc(_eps_desc(a))})</summary>")
+        jname = (a.meta.get("judge") or {}).get("name", "?")
+        page.add(f"<details open><summary>{esc(name)} ({esc(_eps_desc(a))}; judge {esc(jname)})</summary>")
         page.add(html_table(["class", "n", "success", "mean L∞", "mean L2", "mean L0", "bg share changed",
-                             "bg detector", "mean SSIM", "perceptible",
-                             *[f"class changed ({e})" for e in a.meta["embeddings"]],
+                             "bg detector", "mean SSIM", "perceptible", f"class changed ({jname})",
+                             *[f"member {e}: label ≠ y" for e in members],
                              "interpolated", "ball has misclassified", "VALID"], rows))
         page.add("</details>")
     page.add("</section>")
@@ -371,7 +391,7 @@ def _reading(name: str, r: dict[str, Any]) -> str:
         return f"<li><b>{esc(name)}</b>: no successful example among {n}.</li>"
     return (f"<li><b>{esc(name)}</b>: {succ:.1%} of {n} successful; of all examples {r['perceptible_rate']:.1%} are "
             f"perceptible (mean SSIM {r['mean_ssim']:.2f}), {r['class_changed_rate']:.1%} change class by the "
-            f"embeddings' k-NN vote, {r['interpolated_rate']:.1%} interpolate toward another same-class image; "
+            f"judge's verdict, {r['interpolated_rate']:.1%} interpolate toward another same-class image; "
             f"<b>{r['valid_rate']:.1%} are valid</b> ({r['valid_among_successes']:.1%} of the successes).</li>")
 
 
@@ -400,3 +420,51 @@ def _baselines_html(table: Any, names: list[str]) -> str:
     return ("<h3>How unsafe the customary global budgets are</h3><p class=\"note\">Share of calibration points "
             "whose global ball contains a same-class image or reaches halfway to another class.</p>"
             + html_table(["global ε"] + names, parts))
+
+
+def _semantic_section(run_dir: Path, names: list[str], page: "_Page") -> None:
+    """Per measured judge: per-class semantic budgets [certified, empirical] per norm, the radii's
+    distributions, and the certificate checks."""
+    from calib.budgets.semantic import class_quantile, load_radii
+
+    files = sorted((run_dir / "semantic").glob("*.json"))
+    if not files:
+        page.add('<section id="semantic"><h2>Judges and semantic radii</h2><p class="note">No semantic budgets were '
+                 "computed in this run.</p></section>")
+        return
+    table = read_json(run_dir / "eps_table.json", DataError, "eps table")
+    q, s = float(table["policy"].get("q", 0.05)), float(table["policy"].get("s", 1.0))
+    page.add('<section id="semantic"><h2>Judges and semantic radii</h2><p class="note">The robustness radius '
+             'r(x) of a judge is the smallest input change that changes its class. Empirical: per-point bisection of '
+             'PGD on the judge\'s margin, each value witnessed by an example the judge re-checked (an upper bound: '
+             'a stronger attack can only lower it). Certified: margin / Lipschitz constant (a guaranteed lower '
+             f'bound). Per class, s · Q_q with q = {q:g}, s = {s:g}; "none found" = no change found inside the '
+             'whole box for more than q of the class. A point the judge already gets wrong has r = 0.</p>')
+    boxes: dict[str, dict[str, Any]] = {}
+    cols: list[str] = []
+    per_class: list[list[Any]] = [[n] for n in names]
+    runs: list[list[Any]] = []
+    for f in files:
+        radii, doc, _, labels = load_radii(run_dir / "semantic", f.stem)
+        judge = doc.get("judge", {})
+        boxes[f.stem] = {}
+        for norm, r in radii.items():
+            emp = class_quantile(r.empirical, labels, len(names), q, s)
+            cert = None if r.certified is None else class_quantile(r.certified, labels, len(names), q, s)
+            boxes[f.stem][norm] = {"labels": labels, "empirical": r.empirical, "certified": r.certified}
+            cols.append(f"{f.stem} {NORM_LABEL.get('input/' + norm, norm)} [certified, empirical]")
+            for c in range(len(names)):
+                lo = "–" if cert is None else f"{cert[c]:.4g}"
+                hi = f"{emp[c]:.4g}" if np.isfinite(emp[c]) else "none found"
+                per_class[c].append(f"[{lo}, {hi}]")
+            info = r.info
+            runs.append([f.stem, judge.get("kind", ""), NORM_LABEL.get("input/" + norm, norm),
+                         "yes" if r.certified is not None else "no", int(info.get("found", 0)),
+                         int(info.get("not_found", 0)), int(info.get("clean_wrong", 0)), int(r.checked),
+                         float(info.get("seconds", 0.0))])
+    page.add(html_table(["class", *cols], per_class, sortable=False))
+    page.add("<h3>How each radius was measured</h3>" + html_table(
+        ["judge", "kind", "norm", "certified", "witnesses", "no change found", "judge wrong on clean",
+         "witnesses checked against the certificate", "seconds"], runs, left=3))
+    page.figure(F.radii_boxes(boxes, names), "semantic-radii")
+    page.add("</section>")

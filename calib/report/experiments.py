@@ -75,9 +75,9 @@ def robust_embedding_section(doc: dict, arrays: dict, names: list[str], page, ta
     mix = doc["mix"]
     page.add(f'<p class="note">The robust embedding is trained with the triplet mixture (α = {mix["alpha"]}, '
              f'anchors maximising the embedding shift in an {esc(mix["norm"])} ball of {mix["eps"]}, '
-             f'{esc(mix["attack"])} with {mix["steps"]} steps). Both embeddings\' semantic budgets are measured the '
-             'same way, each against its own geometric embedding budget. Larger is better: the embedding is harder '
-             'to move.</p>')
+             f'{esc(mix["attack"])} with {mix["steps"]} steps). Both embeddings are measured as nearest-class judges, the '
+             'same way the run measures its judge: the semantic ε is the q-quantile of the robustness radius '
+             '(empirical, an upper estimate). Larger is better: the judge is harder to move.</p>')
     for sn in doc["semantic_norms"]:
         series = {f"{k} g": dict(zip(names, v[f"semantic_{sn}"])) for k, v in e.items()}
         go = _go()

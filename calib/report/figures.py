@@ -161,30 +161,129 @@ def coverage_curves(pairs: dict[str, Any], table: Any, class_names: Sequence[str
 
 
 def eps_table_chart(table: Any) -> Any:
-    """The epsilon table: one bar panel per space/norm (own scale), bars per class."""
+    """The epsilon table, one panel per space/norm with its own axis: bars are the table's (final)
+    budget; black dashes the geometric budget; the semantic bracket is a vertical bar from the
+    certified (lower) to the empirical (upper) estimate of the judge, a triangle where only the
+    empirical one exists. Input panels use a log axis so that budgets of one grey level and of
+    half the range are both visible; a value of 0 cannot be drawn there and is listed in the hover."""
     from plotly.subplots import make_subplots
 
     go = _go()
-    keys = list(table.budgets)
+    order = ["input/linf", "input/l2", "input/l1", "embedding/l2"]
+    keys = sorted(table.budgets, key=lambda k: order.index(k) if k in order else len(order))
     names = [esc(c) for c in table.class_names]
-    fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        subplot_titles=[NORM_LABEL.get(k, k) for k in keys])
-    shown_geo = False
+    fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=[NORM_LABEL.get(k, k) + (" (log axis)" if k.startswith("input") else "")
+                                        for k in keys])
+    shown: set[str] = set()
+
+    def legend(name: str) -> bool:
+        first = name not in shown
+        shown.add(name)
+        return first
+
     for r, key in enumerate(keys, 1):
         b = table.budgets[key]
-        fig.add_trace(go.Bar(x=names, y=b["eps"], name=NORM_LABEL.get(key, key), showlegend=False,
-                             customdata=np.asarray(b["coverage"], float),
-                             hovertemplate="class %{x}: ε %{y:.4f}, coverage %{customdata:.3f}<extra></extra>"),
+        eps = np.asarray(b["eps"], float)
+        fig.add_trace(go.Bar(x=names, y=eps, name="final ε (table)", showlegend=legend("final"), legendgroup="final",
+                             marker_color="#4c78a8", customdata=np.asarray(b["coverage"], float),
+                             hovertemplate="class %{x}: ε %{y:.4g}, coverage %{customdata:.3f}<extra></extra>"),
                       row=r, col=1)
         comps = b.get("components", {})
         if "geometric" in comps:
-            fig.add_trace(go.Scatter(x=names, y=comps["geometric"], mode="markers", name="geometric",
-                                     marker={"symbol": "line-ew-open", "size": 16, "color": "black", "line": {"width": 2}},
-                                     showlegend=not shown_geo, legendgroup="geo",
-                                     hovertemplate="class %{x}: geometric ε %{y:.4f}<extra></extra>"), row=r, col=1)
-            shown_geo = True
+            fig.add_trace(go.Scatter(x=names, y=comps["geometric"], mode="markers", name="geometric ε",
+                                     marker={"symbol": "line-ew-open", "size": 18, "color": "black", "line": {"width": 3}},
+                                     showlegend=legend("geo"), legendgroup="geo",
+                                     hovertemplate="class %{x}: geometric ε %{y:.4g}<extra></extra>"), row=r, col=1)
+        sem = comps.get("semantic")
+        if isinstance(sem, dict):
+            emp = np.array([np.nan if v is None else v for v in sem["empirical"]], float)
+            cert = None if sem.get("certified") is None else np.asarray(sem["certified"], float)
+            judge = esc(sem.get("judge"))
+            if cert is not None:
+                fig.add_trace(go.Scatter(x=names, y=cert, mode="markers", name=f"semantic bracket ({judge})",
+                                         error_y={"type": "data", "symmetric": False, "array": np.nan_to_num(emp - cert),
+                                                  "arrayminus": np.zeros_like(cert), "color": "#e45756", "thickness": 3,
+                                                  "width": 8},
+                                         marker={"symbol": "triangle-up", "size": 10, "color": "#e45756"},
+                                         customdata=np.stack([cert, emp], 1), showlegend=legend("bracket"),
+                                         legendgroup="bracket",
+                                         hovertemplate="class %{x}: semantic [certified %{customdata[0]:.4g}, empirical "
+                                                       "%{customdata[1]:.4g}]<extra></extra>"), row=r, col=1)
+            fig.add_trace(go.Scatter(x=names, y=emp, mode="markers", name=f"semantic, empirical (upper; {judge})",
+                                     marker={"symbol": "triangle-down", "size": 11, "color": "#f58518"},
+                                     showlegend=legend("emp"), legendgroup="emp",
+                                     hovertemplate="class %{x}: semantic empirical %{y:.4g}<extra></extra>"),
+                          row=r, col=1)
+        if key.startswith("input"):
+            fig.update_yaxes(type="log", row=r, col=1)
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=names)
-    fig.update_layout(height=max(300, 210 * len(keys)), margin={"t": 40})
+    fig.update_layout(height=max(320, 260 * len(keys)), margin={"t": 50}, barmode="overlay",
+                      legend={"orientation": "h", "y": -0.08})
+    return fig
+
+
+def headline_breakdown(audits: dict[str, Any], class_names: Sequence[str], judge: str) -> Any:
+    """Per attack (one panel each) and class: success rate, and among successful examples the share
+    the judge calls class-preserving, the share that is perceptible, interpolated, and valid."""
+    from plotly.subplots import make_subplots
+
+    go = _go()
+    names = [esc(c) for c in class_names]
+    attacks = list(audits)
+    metrics = (("success_rate", "successful", "#4c78a8"),
+               ("class_preserving_among_successes", f"class-preserving | success (judge {esc(judge)})", "#54a24b"),
+               ("perceptible_among_successes", "perceptible | success", "#e45756"),
+               ("interpolated_among_successes", "interpolated | success", "#b279a2"),
+               ("valid_among_successes", "VALID | success", "#f58518"))
+    fig = make_subplots(rows=max(len(attacks), 1), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[esc(a) for a in attacks])
+    for r, name in enumerate(attacks, 1):
+        a = audits[name]
+        y = a.arrays["labels"]
+        per = {c: a.rates(y == c) for c in range(len(class_names)) if (y == c).any()}
+        for key, label, color in metrics:
+            vals = [per[c][key] if c in per else np.nan for c in range(len(class_names))]
+            fig.add_trace(go.Bar(x=names, y=vals, name=label, marker_color=color, legendgroup=key, showlegend=r == 1,
+                                 hovertemplate=f"{esc(name)}, class %{{x}}: {label} %{{y:.3f}}<extra></extra>"),
+                          row=r, col=1)
+        fig.update_yaxes(range=[0, 1.02], row=r, col=1)
+    fig.update_xaxes(type="category")
+    fig.update_layout(barmode="group", height=230 * max(len(attacks), 1) + 120, margin={"t": 40},
+                      legend={"orientation": "h", "y": 1.02 + 0.25 / max(len(attacks), 1), "yanchor": "bottom"})
+    return fig
+
+
+def radii_boxes(radii: dict[str, dict[str, Any]], class_names: Sequence[str]) -> Any:
+    """Per judge and norm (buttons), per class: the distribution of the judges' robustness radii,
+    empirical (upper) and, where certified, certified (lower); log axis."""
+    go = _go()
+    names = np.asarray([esc(c) for c in class_names], dtype=object)
+    fig = go.Figure()
+    groups = []
+    for judge, per_norm in radii.items():
+        for norm, d in per_norm.items():
+            idx = []
+            lab = names[d["labels"]]
+            for what, vals, color in (("empirical (upper)", d["empirical"], "#f58518"),
+                                      ("certified (lower)", d.get("certified"), "#e45756")):
+                if vals is None:
+                    continue
+                v = np.asarray(vals, float)
+                ok = np.isfinite(v) & (v > 0)
+                idx.append(len(fig.data))
+                fig.add_trace(go.Box(x=lab[ok], y=v[ok], name=what, marker_color=color, boxpoints=False,
+                                     offsetgroup=what, legendgroup=what, visible=False))
+            groups.append((f"{esc(judge)} {NORM_LABEL.get('input/' + norm, norm)}", idx))
+    n = len(fig.data)
+    vis = [[t in idx for t in range(n)] for _, idx in groups]
+    for t in groups[0][1] if groups else []:
+        fig.data[t].visible = True
+    fig.update_layout(boxmode="group", height=480, margin={"t": 90},
+                      updatemenus=[_menu([g for g, _ in groups], vis)] if groups else [],
+                      xaxis={"title": {"text": "class"}, "type": "category", "categoryorder": "array",
+                             "categoryarray": list(names)},
+                      yaxis={"title": {"text": "robustness radius r(x) (log)"}, "type": "log"})
     return fig
 
 
@@ -291,7 +390,7 @@ def _square_pixels(fig: Any) -> None:
 
 def probe_gallery(probe: dict[str, np.ndarray], class_names: Sequence[str]) -> Any:
     """The class-mixing probe x0 + eps sign(x1): one image per ordered class pair (row = class of
-    x0, column = class of the stamped x1), titled with f's prediction and g's k-NN label."""
+    x0, column = class of the stamped x1), titled with f's prediction and the run judge's label."""
     from plotly.subplots import make_subplots
 
     go = _go()
@@ -303,7 +402,7 @@ def probe_gallery(probe: dict[str, np.ndarray], class_names: Sequence[str]) -> A
         for b in range(k):
             i = grid.get((a, b))
             titles.append("" if i is None else
-                          f"+{names[b]}: f {names[probe['pred'][i]]} · g {names[probe['knn_g'][i]]}")
+                          f"+{names[b]}: f {names[probe['pred'][i]]} · judge {names[probe['judge_label'][i]]}")
     fig = make_subplots(rows=k, cols=k, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.03,
                         row_titles=[f"x0: {n}" for n in names])
     for (a, b), i in grid.items():
@@ -316,18 +415,4 @@ def probe_gallery(probe: dict[str, np.ndarray], class_names: Sequence[str]) -> A
     _square_pixels(fig)
     fig.update_annotations(font_size=9)
     fig.update_layout(height=95 * k + 80, margin={"t": 50, "l": 10, "r": 40, "b": 10})
-    return fig
-
-
-def headline(rates: dict[str, dict[str, float]], class_names: Sequence[str], what: str = "valid_rate") -> Any:
-    """Grouped bars: per class, the ``what`` rate of each attack (name -> per-class rates)."""
-    go = _go()
-    names = [esc(c) for c in class_names]
-    fig = go.Figure()
-    for name, per_class in rates.items():
-        fig.add_trace(go.Bar(x=names, y=[per_class.get(c, np.nan) for c in class_names], name=esc(name),
-                             hovertemplate=esc(name) + ", class %{x}: %{y:.3f}<extra></extra>"))
-    fig.update_layout(barmode="group", height=420, margin={"t": 30},
-                      xaxis={"title": {"text": "class"}, "type": "category"},
-                      yaxis={"title": {"text": what.replace("_", " ")}, "range": [0, 1.02]})
     return fig
