@@ -590,8 +590,13 @@ def table_check(path: Path = typer.Argument(..., help="eps_table.json or .csv"),
 
         table.check_fingerprint(load_dataset(dataset, data_dir).fingerprint, allow_mismatch)
     _print_table(table)
+    pol = {k: v for k, v in table.policy.items() if k in ("method", "rule", "q", "s", "pair")}
+    sem = table.policy.get("semantic") or {}
+    if sem:
+        judge = sem.get("judge")
+        pol |= {"judge": judge.get("name") if isinstance(judge, dict) else judge, "semantic bound": sem.get("bound")}
     console.print(f"{path}: valid calib eps table v{table.version} for {table.dataset['name']} "
-                  f"({table.fingerprint[:12]}…), policy {table.policy}")
+                  f"({table.fingerprint[:12]}…), policy {pol}")
 
 
 def main(argv: list[str] | None = None) -> int:

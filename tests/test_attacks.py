@@ -147,3 +147,25 @@ def test_check_raises_on_infeasible_projector(digits_classifier, digits_splits):
 
     with pytest.raises(ConstraintViolation):
         pgd(ClassifierLoss(digits_classifier, y), x, 0.01, "linf", steps=2, projector=bad_projector)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(norm=st.sampled_from(["linf", "l2"]), eps=st.floats(0.0, 0.6), steps=st.integers(1, 8),
+       seed=st.integers(0, 2 ** 16))
+def test_early_stop_keeps_the_first_successful_iterate(digits_classifier, digits_splits, norm, eps, steps, seed):
+    """Minimum-norm searches stop a sample at its first success: outputs stay feasible, and every
+    sample reported successful really is (re-evaluated), as with the full loop."""
+    from calib.budgets.semantic import JudgeObjective
+    from calib.judges import ClassifierJudge
+
+    te = digits_splits.test
+    x, y = torch.from_numpy(te.images[:40]), torch.from_numpy(te.labels[:40])
+    judge = ClassifierJudge(digits_classifier, 10)
+    scale = eps if norm == "linf" else 8 * eps
+    res = pgd(JudgeObjective(judge, y), x, scale, norm, steps=steps, seed=seed, early_stop=True)
+    assert (res.x_adv >= 0).all() and (res.x_adv <= 1).all()
+    assert torch.equal(res.success, judge.changed(res.x_adv, y))
+    full = pgd(JudgeObjective(judge, y), x, scale, norm, steps=steps, seed=seed)
+    assert int(res.success.sum()) >= int(full.success.sum()) - 2  # stopping early loses (almost) nothing
+    with pytest.raises(ConfigError, match="early_stop"):
+        pgd(ClassifierLoss(digits_classifier, y), x, 0.1, norm, early_stop=True)

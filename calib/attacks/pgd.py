@@ -79,7 +79,7 @@ def resolve_eps(eps: Any, n: int, device: torch.device, labels: torch.Tensor | N
 def pgd(objective, x: torch.Tensor, eps: Any, norm: str = "linf", *, steps: int = 10,
         rel_step: float | None = None, step_size: float | None = None, random_start: bool = True,
         restarts: int = 1, seed: int = 0, projector: Projector | None = None, labels: torch.Tensor | None = None,
-        space: str = "input", check: bool = True) -> AttackResult:
+        space: str = "input", check: bool = True, early_stop: bool = False) -> AttackResult:
     """Maximise ``objective`` over the per-sample ball; see the module docstring.
 
     Args:
@@ -95,9 +95,16 @@ def pgd(objective, x: torch.Tensor, eps: Any, norm: str = "linf", *, steps: int 
         random_start: start uniformly in the ball.
         seed: seeds the random starts (a private generator; global RNG untouched).
         projector: ``projector(x, x_prev, x_candidate) -> x_feasible``, applied after every step.
+        early_stop: a sample whose iterate already succeeds (by ``objective.succeeded(loss)``, read
+            from the step's own forward pass) keeps that iterate and leaves the batch; for searches
+            that only need *a* successful example per sample (minimum-norm bisection). Needs an
+            objective with ``succeeded`` and objectives that take an index (``objective(x, idx)``);
+            not with a projector.
     """
     if steps < 1 or restarts < 1:
         raise ConfigError("steps and restarts must be >= 1")
+    if early_stop and (projector is not None or not hasattr(objective, "succeeded")):
+        raise ConfigError("early_stop needs an objective with succeeded() and no projector")
     nrm = get_norm(norm)
     x = x.detach()
     n = x.shape[0]
@@ -117,7 +124,9 @@ def pgd(objective, x: torch.Tensor, eps: Any, norm: str = "linf", *, steps: int 
             x_adv = torch.clamp(x + nrm.project(delta, e), 0.0, 1.0)
             if projector is not None:
                 x_adv = projector(x, x, x_adv)
-            for _ in range(steps):
+            if early_stop:
+                x_adv = _early_stop_steps(objective, nrm, x, x_adv, e, alpha, steps)
+            for _ in range(0 if early_stop else steps):
                 x_adv = x_adv.detach().requires_grad_(True)
                 loss = objective(x_adv)
                 (grad,) = torch.autograd.grad(loss.sum(), x_adv)
@@ -137,6 +146,26 @@ def pgd(objective, x: torch.Tensor, eps: Any, norm: str = "linf", *, steps: int 
         check_ball(x, best_x, e, norm, who=f"pgd[{norm}]")
     return AttackResult(best_x, best_loss, best_succ, e.view(-1),
                         {"steps": steps, "restarts": restarts, "norm": norm, "random_start": random_start})
+
+
+def _early_stop_steps(objective, nrm, x: torch.Tensor, x_adv: torch.Tensor, e: torch.Tensor, alpha: torch.Tensor,
+                      steps: int) -> torch.Tensor:
+    """The PGD steps on the samples not yet successful only; a successful iterate is kept as it is."""
+    x_adv = x_adv.detach().clone()
+    act = torch.arange(x.shape[0], device=x.device)
+    for _ in range(steps):
+        xa = x_adv[act].detach().requires_grad_(True)
+        loss = objective(xa, act)
+        (grad,) = torch.autograd.grad(loss.sum(), xa)
+        with torch.no_grad():
+            done = objective.succeeded(loss.detach())
+            cand = xa + alpha[act] * nrm.direction(grad)
+            cand = torch.clamp(x[act] + nrm.project(cand - x[act], e[act]), 0.0, 1.0)
+            x_adv[act] = torch.where(done.view(-1, *([1] * (x.dim() - 1))), xa.detach(), cand)
+            act = act[~done]
+        if act.numel() == 0:
+            break
+    return x_adv
 
 
 def fgsm(objective, x: torch.Tensor, eps: Any, norm: str = "linf", **kwargs) -> AttackResult:

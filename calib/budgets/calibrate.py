@@ -105,7 +105,7 @@ def final_table(geo: EpsTable, stats: Stats, radii: dict[str, Radii], judge: dic
         bound: ``empirical`` (attack: an upper, optimistic estimate) or ``certified`` (a guaranteed
             lower one).
     """
-    from calib.budgets.geometric import safe_mask
+    from calib.budgets.geometric import class_share, safe_mask
     from calib.budgets.semantic import semantic_budget
 
     if bound not in SEMANTIC_BOUNDS:
@@ -131,8 +131,7 @@ def final_table(geo: EpsTable, stats: Stats, radii: dict[str, Radii], judge: dic
         geo_ok = safe_mask(final[ps.query_labels], ps.nn.d_same, ps.nn.d_diff)
 
         def share(mask: np.ndarray) -> np.ndarray:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return np.bincount(ps.query_labels, weights=mask, minlength=k) / sem.n
+            return class_share(mask, ps.query_labels, k)
 
         b = doc["budgets"][f"input/{norm}"]
         b["components"] = {

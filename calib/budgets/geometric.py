@@ -68,13 +68,17 @@ def safe_mask(eps: np.ndarray | float, d_same: np.ndarray, d_diff: np.ndarray) -
     return (eps < d_same) & (eps < d_diff / 2)
 
 
-def coverage(eps_per_class: np.ndarray, d_same: np.ndarray, d_diff: np.ndarray, labels: np.ndarray,
-             num_classes: int) -> np.ndarray:
-    """Share of each class's points whose ball of their class's radius is safe, (K,) (NaN if empty)."""
-    ok = safe_mask(np.asarray(eps_per_class)[labels], d_same, d_diff)
+def class_share(ok: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Share of each class's points where ``ok`` holds, (K,) (NaN for an empty class)."""
     n = np.bincount(labels, minlength=num_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.bincount(labels, weights=ok, minlength=num_classes) / n
+
+
+def coverage(eps_per_class: np.ndarray, d_same: np.ndarray, d_diff: np.ndarray, labels: np.ndarray,
+             num_classes: int) -> np.ndarray:
+    """Share of each class's points whose ball of their class's radius is safe, (K,) (NaN if empty)."""
+    return class_share(safe_mask(np.asarray(eps_per_class)[labels], d_same, d_diff), labels, num_classes)
 
 
 def geometric_budget(d_same: np.ndarray, d_diff: np.ndarray, labels: np.ndarray, num_classes: int,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calib.budgets.geometric import Policy
+from calib.budgets.geometric import Policy, class_share
 from calib.errors import DataError
 
 
@@ -57,10 +57,7 @@ def margin_coverage(eps_per_class: np.ndarray, margin: np.ndarray, labels: np.nd
                     num_classes: int) -> np.ndarray:
     """Share of each class's points whose ball of their class's radius keeps the 1-NN label
     (``eps < m(x)``), (K,)."""
-    ok = np.asarray(eps_per_class)[labels] < margin
-    n = np.bincount(labels, minlength=num_classes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.bincount(labels, weights=ok, minlength=num_classes) / n
+    return class_share(np.asarray(eps_per_class)[labels] < margin, labels, num_classes)
 
 
 def margin_budget(d_same: np.ndarray, d_diff: np.ndarray, labels: np.ndarray, num_classes: int,

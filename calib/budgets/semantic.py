@@ -6,7 +6,8 @@ input change that changes the judge's class. Per class c, ``eps_sem(c) = s * Q_q
 Every estimate says which side it bounds:
 
 * **empirical (upper bound)**: per-point bisection on the radius, each probe a PGD attack (random
-  start, ``steps`` steps) that ascends the judge's "class changed" score inside the ball. Every
+  start, ``steps`` steps) that ascends the judge's "class changed" score inside the ball, a sample
+  leaving the attack at its first successful iterate (only *a* witness per probe is needed). Every
   success is a *witness* x' whose judge verdict was re-evaluated and whose distance was measured;
   r(x) <= ||x' - x||, so the budget it yields is optimistic: a stronger attack can only lower it.
   Bisection is geometric (in log radius) between a floor of ``max_radius / 4096`` (or the certified
@@ -63,6 +64,11 @@ class JudgeObjective:
 
     def __call__(self, x_adv: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         return self.judge.score(x_adv, self.y if idx is None else self.y[idx])
+
+    @staticmethod
+    def succeeded(score: torch.Tensor) -> torch.Tensor:
+        """Success read from the step's own score (> 0: another class); re-checked by :meth:`evaluate`."""
+        return score > 0
 
     @torch.no_grad()
     def evaluate(self, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +153,7 @@ def robustness_radii(judge: Judge, x: np.ndarray, y: np.ndarray, norm: str, *, i
                     ia = np.flatnonzero(act)
                     xa, ya = xb[ia], yb[ia]
                     res = pgd(JudgeObjective(judge, ya), xa, torch.from_numpy(eps[ia].astype(np.float32)), norm,
-                              steps=steps, restarts=restarts, seed=seed + 7919 * it)
+                              steps=steps, restarts=restarts, seed=seed + 7919 * it, early_stop=True)
                     succ = res.success.cpu().numpy()
                     dist = perturbation_norms(xa, res.x_adv, norm).cpu().numpy()
                     better = succ & (dist < hi[ia])
