@@ -141,7 +141,8 @@ def run(ctx: typer.Context,
         seed: int = SeedOpt, device: str = DeviceOpt,
         q: float = typer.Option(0.05, "--q", help="Quantile level of the budgets."),
         s: float = typer.Option(1.0, "--s", help="Safety factor of the budgets."),
-        rule: str = typer.Option("quantile", "--rule", help="quantile (DESIGN's formula) or coverage."),
+        rule: str = typer.Option("quantile", "--rule", help="quantile: s*min(Q_q(d_diff/2), Q_q(d_same)); "
+                                 "coverage: the largest eps whose coverage is >= 1-q."),
         attack_n: Optional[int] = typer.Option(None, "--attack-n", min=1, help="Attack at most this many test "
                                                "examples (stratified). Default: all."),
         no_attacks: bool = typer.Option(False, "--no-attacks", help="Stop after the epsilon table."),
@@ -153,6 +154,10 @@ def run(ctx: typer.Context,
                                                      "robustness radius the final budget uses: empirical (attack, "
                                                      "an upper estimate; default) or certified (a guaranteed "
                                                      "lower bound; lipschitz judge)."),
+        human: Optional[list[Path]] = typer.Option(None, "--human", help="A human-labelled set (calib .npz, Tramèr "
+                                                   "et al. layout .npy, or a folder of them; repeatable): its "
+                                                   "source images stay in the test part and every judge is "
+                                                   "validated against it (config: [human] sets = [...])."),
         fresh: bool = typer.Option(False, "--fresh", help="Ignore cached stages and recompute everything."),
         no_progress: bool = NoProgressOpt) -> None:
     """The main job: models, statistics, budgets, attacks, audit, report (stages cached and resumable)."""
@@ -172,6 +177,8 @@ def run(ctx: typer.Context,
         overrides["report"] = False
     if semantic_bound is not None:
         overrides["semantic_bound"] = semantic_bound
+    if human:
+        overrides["human"] = {"sets": [str(p) for p in human]}
     if no_progress:
         overrides["progress"] = False
     if judge is not None:
@@ -217,6 +224,8 @@ def run(ctx: typer.Context,
         for k, a in summary["attacks"].items():
             t.add_row(k, a["budget"], f"{a['success_rate']:.3f}", f"{a['valid_rate']:.3f}")
         console.print(t)
+    if summary.get("validation"):
+        _print_validation_summary(summary["validation"])
     reused = sum(v["reused"] for v in summary["stages"].values())
     console.print(f"written to {cfg.run_dir()}/ in {summary['seconds']:.1f} s "
                   f"({reused}/{len(summary['stages'])} stages cached)"
@@ -314,7 +323,9 @@ def audit_cmd(run_dir: Path = typer.Argument(..., help="A run folder (from `cali
         console.print_json(json.dumps({k: _jsonable(a.summary(names)) for k, a in results.items()}))
         return
     for k, a in results.items():
-        t = Table("class", "n", "success", "perceptible", "class changed", "interpolated", "VALID", title=k)
+        judge = (a.meta.get("judge") or {}).get("name", "?")
+        t = Table("class", "n", "success", "perceptible", f"class changed ({judge})", "interpolated", "VALID",
+                  title=k)
         for c, n in enumerate(names):
             m = a.arrays["labels"] == c
             if m.any():
@@ -359,6 +370,106 @@ def _import_adversarial(run_dir: Path, path: Path, name: str, norm: str) -> None
 
     write_report(run_dir)
     console.print(f"audited {len(att['labels'])} imported examples as {name!r}; report updated")
+
+
+def _print_validation_summary(per_judge: dict) -> None:
+    t = Table("judge", "n", "balanced accuracy", "ROC AUC", title="agreement with people on 'the class changed'")
+    for name, a in per_judge.items():
+        t.add_row(name, str(a["n"]), _num(a["balanced_accuracy"]), _num(a["auc"]))
+    console.print(t)
+
+
+def _num(v, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+@app.command("validate")
+def validate_cmd(run_dir: Path = typer.Argument(..., help="A run folder (from `calib run`)."),
+                 human: list[Path] = typer.Option(..., "--human", help="Human-labelled set(s): calib .npz, "
+                                                  "Tramèr et al. layout .npy, or folders (repeatable)."),
+                 judge: Optional[list[str]] = typer.Option(None, "--judge", help="Judges to validate (repeatable; "
+                                                           "default: every judge whose models the run has)."),
+                 as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON document."),
+                 no_report: bool = typer.Option(False, "--no-report", help="Do not rebuild report.html."),
+                 device: str = DeviceOpt) -> None:
+    """Measure every judge of a run against people: balanced accuracy, ROC AUC and confusion counts on
+    'did the class change?', agreement on the label (Wilson 95% intervals), per set, per class and over
+    all sets; writes RUN/validation/ and records the run judge's agreement in the epsilon table."""
+    from calib.device import resolve_device
+    from calib.human import load_human_sets, save_validation, validate_run
+    from calib.human.table import annotate_table
+    from calib.judges import check_judge_name
+    from calib.pipeline.context import load_run
+
+    for j in judge or []:
+        check_judge_name(j)
+    sets = load_human_sets(human)
+    ctx = load_run(run_dir, device=str(resolve_device(device)))
+    doc, arrays = validate_run(ctx, sets, list(judge) if judge else None, seed=ctx.seed, device=ctx.device)
+    save_validation(run_dir, doc, arrays)
+    annotate_table(run_dir)
+    if not no_report:
+        from calib.report import write_report
+
+        write_report(run_dir)
+    if as_json:
+        console.print_json(json.dumps(_jsonable({"judges": {
+            name: {"sets": {s: {k: v for k, v in r.items() if k != "roc"} for s, r in j["sets"].items()},
+                   "all": {k: v for k, v in j["all"].items() if k != "roc"},
+                   "per_class": j["per_class"]}
+            for name, j in doc["judges"].items()}, "sets": doc["sets"]})))
+        return
+    for s, info in doc["sets"].items():
+        console.print(f"[bold]{s}[/]: {info['n']} images, people relabelled {info['relabelled']}"
+                      f" ({info['unclear']} unclear)", highlight=False, markup=True)
+    t = Table("judge", "set", "n", "balanced acc. [95%]", "ROC AUC [95%]", "TP", "FP", "TN", "FN",
+              "label agreement [95%]", title="agreement with people on 'the class changed'")
+    for name, j in doc["judges"].items():
+        for s, r in [*j["sets"].items(), ("all sets", j["all"])]:
+            c = r["confusion"]
+            la = r["label_agreement"]
+            t.add_row(name, s, str(r["n"]), _with_ci(r["balanced_accuracy"], r["balanced_accuracy_ci95"]),
+                      _with_ci(r["auc"], r["auc_ci95"]), *(str(c[k]) for k in ("tp", "fp", "tn", "fn")),
+                      _with_ci(la["value"], la["wilson95"]))
+    console.print(t)
+    console.print(f"written to {run_dir / 'validation'}")
+
+
+def _with_ci(v, ci) -> str:
+    return _num(v) + ("" if not ci else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
+
+
+@app.command("label")
+def label_cmd(run_dir: Path = typer.Argument(..., help="A run folder (from `calib run`, with attacks)."),
+              session: str = typer.Option("session1", "--session", help="Session name; an existing one resumes."),
+              attack: Optional[str] = typer.Option(None, "--attack", help="Attack whose examples to label "
+                                                   "(default: pgd-table-<norm>, the per-class budgets)."),
+              n: int = typer.Option(100, "--n", min=1, help="Adversarial examples (stratified by class)."),
+              controls: float = typer.Option(0.1, "--controls", min=0.0, max=0.9, help="Share of clean controls."),
+              port: int = typer.Option(0, "--port", min=0, max=65535, help="Port on 127.0.0.1 (0 = any free one)."),
+              seed: int = SeedOpt) -> None:
+    """Label a run's adversarial examples yourself on a local page (127.0.0.1 only): one image at a
+    time, the class key, u = unclear, Backspace = back. Answers are saved at once to
+    RUN/human/<session>.npz (calib's human-labelled format); reopening resumes the session."""
+    from calib.human.server import HOST, serve
+    from calib.human.session import open_session
+
+    s = open_session(run_dir, session, attack=attack, n=n, controls=controls, seed=seed)
+    server = serve(s, port)
+    url = f"http://{HOST}:{server.server_address[1]}/"
+    typer.echo(f"labelling session {s.name!r}: {int((s.answers >= -1).sum())} of {len(s.answers)} answered")
+    typer.echo(f"serving {url} (Ctrl-C to stop; every answer is saved when given)")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    from calib.human.table import annotate_table
+
+    annotate_table(run_dir)
+    console.print(f"session saved to {s.path}")
 
 
 def _jsonable(obj):
@@ -441,7 +552,8 @@ def _print_table(table) -> None:
             if sb:
                 emp = sb["empirical"][c]
                 cert = sb["certified"][c] if sb.get("certified") else None
-                row.append(f"[{'–' if cert is None else f'{cert:.4g}'}, {'none found' if emp is None else f'{emp:.4g}'}]")
+                lo = "–" if cert is None else f"{cert:.4g}"
+                row.append(f"[{lo}, {'none found' if emp is None else f'{emp:.4g}'}]")
         t.add_row(*row)
     console.print(t)
     for key, base in table.baselines.items():
@@ -458,8 +570,8 @@ def budgets(run_dir: Optional[Path] = typer.Option(None, "--run", help="Folder w
             q: float = typer.Option(0.05, "--q", min=0.0, max=0.999, help="Quantile level."),
             s: float = typer.Option(1.0, "--s", min=1e-9, help="Safety factor."),
             pair: str = typer.Option("calibration-train", "--pair", help="Statistics pair to calibrate on."),
-            rule: str = typer.Option("quantile", "--rule", help="quantile: s*min(Q_q(d_diff/2), Q_q(d_same)) "
-                                     "(DESIGN.md); coverage: largest eps whose coverage is >= 1-q."),
+            rule: str = typer.Option("quantile", "--rule", help="quantile: s*min(Q_q(d_diff/2), Q_q(d_same)); "
+                                     "coverage: largest eps whose coverage is >= 1-q."),
             out: Optional[Path] = typer.Option(None, "--out", help="Table path (default RUN/eps_table.json)."),
             semantic: bool = typer.Option(False, "--semantic", help="Final budgets = min(geometric, semantic): the "
                                           "judge's robustness radius; needs the run's models and the dataset."),

@@ -4,5 +4,5 @@ from calib.audit.audit import FLAGS, AuditConfig, AuditResult, Reference, audit,
 from calib.audit.interpolation import ball_has_wrong, interpolation, nearest_same_class
 from calib.audit.perceptibility import perceptibility, ssim
 
-__all__ = ["FLAGS", "AuditConfig", "AuditResult", "Reference", "audit", "build_reference", "judge_verdicts", "ball_has_wrong",
-           "interpolation", "nearest_same_class", "perceptibility", "ssim"]
+__all__ = ["FLAGS", "AuditConfig", "AuditResult", "Reference", "audit", "build_reference", "judge_verdicts",
+           "ball_has_wrong", "interpolation", "nearest_same_class", "perceptibility", "ssim"]

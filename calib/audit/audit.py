@@ -99,7 +99,8 @@ class AuditResult:
         for key in ("linf", "l2", "l0", "background_share", "ssim"):
             out[f"mean_{key}"] = float(a[key][m].mean()) if n else float("nan")
         for name in self.meta.get("judge_members", []):
-            out[f"class_changed_{name}_rate"] = float((a[f"judge_{name}"][m] != a["labels"][m]).mean()) if n else float("nan")
+            changed = a[f"judge_{name}"][m] != a["labels"][m]
+            out[f"class_changed_{name}_rate"] = float(changed.mean()) if n else float("nan")
         if succ.any():
             out["class_preserving_among_successes"] = float((~a["class_changed"][succ]).mean())
             for f in ("perceptible", "interpolated"):

@@ -194,15 +194,17 @@ def _check_certificate(judge: Judge, x: torch.Tensor, y: torch.Tensor, witnesses
         i = int(np.flatnonzero(below)[0])
         raise ConstraintViolation(f"certificate of judge {judge.name} violated: a change at {norm} radius "
                                   f"{emp[has][i]:.6g} < certified {cert[has][i]:.6g}")
-    bound = getattr(judge, "lipschitz", None)
-    g = getattr(judge, "g", None)
-    if bound is not None and g is not None:
+    xc = x[torch.from_numpy(has).to(x.device)]
+    d2 = perturbation_norms(xc, xa, "l2")
+    for member in getattr(judge, "members", [judge]):  # every Lipschitz embedding involved
+        bound, g = getattr(member, "lipschitz", None), getattr(member, "g", None)
+        if bound is None or g is None:
+            continue
         with torch.no_grad():
-            shift = torch.linalg.vector_norm(g(xa) - g(x[torch.from_numpy(has).to(x.device)]), dim=1).double()
-        d2 = perturbation_norms(x[torch.from_numpy(has).to(x.device)], xa, "l2")
+            shift = torch.linalg.vector_norm(g(xa) - g(xc), dim=1).double()
         over = shift > bound * d2 * (1 + CERT_TOL) + 1e-6
         if over.any():
-            raise ConstraintViolation(f"judge {judge.name}: an input change of L2 {float(d2[over][0]):.6g} moved the "
+            raise ConstraintViolation(f"judge {member.name}: an input change of L2 {float(d2[over][0]):.6g} moved the "
                                       f"embedding by {float(shift[over][0]):.6g} > L = {bound:.6g} times it")
     return int(has.sum())
 

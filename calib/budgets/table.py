@@ -15,7 +15,10 @@ JSON document (``schema = "calib-eps-table"``, ``version = 2``)::
           "components": {"geometric": [...], "half_d_diff_q": [...], "d_same_q": [...],
                          "semantic": {"judge": "knn", "bound": "empirical",
                                       "empirical": [...],    # upper bound; null = no change found
-                                      "certified": [...] | null}}   # lower bound, if certified
+                                      "certified": [...] | null}},  # lower bound, if certified
+          "human": {"sets": [...], "n": [...], "relabelled": [...], "share": [...],   # optional: people
+                    "wilson95": [[lo, hi], ...], "status": ["human-verified" | "not verified" |
+                    "unlabelled", ...], "judge": "knn", "judge_agreement": {...} | null}
         },
         "embedding/l2": {"eps": [...], ..., "rule": "margin",   # s * Q_q{(d_diff_g - d_same_g) / 2}
                          "components": {"margin_q": [...], "negative_margin_share": [...]}}
@@ -255,7 +258,29 @@ def validate(doc: Any, where: str = "eps table") -> None:
         sem = (b.get("components") or {}).get("semantic") if isinstance(b.get("components"), dict) else None
         if sem is not None:
             _validate_semantic(sem, key, names, fail)
+        if b.get("human") is not None:
+            _validate_human(b["human"], key, names, fail)
 
+
+#: a class's status after people relabelled budget-respecting examples of it
+HUMAN_STATUS = ("human-verified", "not verified", "unlabelled")
+
+
+def _validate_human(h: Any, key: str, names: list[str], fail) -> None:
+    """People's relabelling of budget-respecting examples, per class: n labelled, k relabelled (k <= n),
+    the share and its Wilson interval, and a status among :data:`HUMAN_STATUS`."""
+    k = len(names)
+    if not isinstance(h, dict) or not isinstance(h.get("sets"), list):
+        fail(f"{key}: human must be an object naming its sets")
+    for fld in ("n", "relabelled", "status", "share", "wilson95"):
+        if not isinstance(h.get(fld), list) or len(h[fld]) != k:
+            fail(f"{key}: human.{fld} must hold one value per class")
+    for c in range(k):
+        n, r = h["n"][c], h["relabelled"][c]
+        if not (isinstance(n, int) and isinstance(r, int) and 0 <= r <= n):
+            fail(f"{key}: human counts for class {names[c]!r} must be integers with 0 <= relabelled <= n")
+        if h["status"][c] not in HUMAN_STATUS:
+            fail(f"{key}: human.status for class {names[c]!r} must be one of {', '.join(HUMAN_STATUS)}")
 
 def _nonneg(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
@@ -294,4 +319,4 @@ def load_table(path: str | os.PathLike[str]) -> EpsTable:
     return EpsTable.load(path)
 
 
-__all__ = ["EpsTable", "EpsTableError", "load_table", "table_from_budgets", "validate"]
+__all__ = ["EpsTable", "EpsTableError", "load_table", "table_from_budgets", "validate", "HUMAN_STATUS"]

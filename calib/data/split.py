@@ -18,16 +18,18 @@ DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 
 @dataclass(frozen=True)
 class Splits:
-    """The three parts of a dataset; each is a :class:`Dataset` named ``<name>:<part>``."""
+    """The three parts of a dataset; each is a :class:`Dataset` named ``<name>:<part>``.
+    ``held_out``: dataset indices the split was made to keep in the test part (sorted), if any."""
 
     train: Dataset
     calibration: Dataset
     test: Dataset
     seed: int
     fractions: tuple[float, float, float]
+    held_out: tuple[int, ...] = ()
 
     def describe(self) -> dict:
-        return {"seed": self.seed, "fractions": list(self.fractions),
+        return {"seed": self.seed, "fractions": list(self.fractions), "held_out": list(self.held_out),
                 **{p: getattr(self, p).describe() for p in PARTS}}
 
 
@@ -69,13 +71,23 @@ def stratified_indices(labels: np.ndarray, fractions: tuple[float, ...], seed: i
 
 
 def split_dataset(ds: Dataset, seed: int = 0,
-                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> Splits:
+                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+                  hold_out: np.ndarray | list[int] | tuple[int, ...] | None = None) -> Splits:
     """Stratified, seeded split of ``ds`` into train / calibration / test.
 
     If ``ds`` carries the source's official test samples and also has others (a full MNIST with
     its ``train`` files), the official test samples are the test part and the rest is split into
     train / calibration in the ratio ``fractions[0] : fractions[1]``. Otherwise (e.g. only the
     ``t10k`` files exist) all samples are split three ways by ``fractions``.
+
+    ``hold_out``: dataset indices that must land in the test part (the sources of human-labelled
+    sets: the models must never train on them). Each one the split put elsewhere trades places with
+    a test sample of its class that is not held out (chosen with the same seed), so every part keeps
+    its size per class and the rest of the split is unchanged.
+
+    Raises:
+        DataError: a held-out index is outside the dataset, or a class has more held-out samples
+            than its test part has places.
     """
     mask = ds.official_test
     if mask is not None and mask.any() and (~mask).any():
@@ -87,5 +99,33 @@ def split_dataset(ds: Dataset, seed: int = 0,
         train, cal, test = rest[p_train], rest[p_cal], np.flatnonzero(mask)
     else:
         train, cal, test = stratified_indices(ds.labels, fractions, seed)
+    held: tuple[int, ...] = ()
+    if hold_out is not None and len(hold_out):
+        train, cal, test, held = _hold_out(ds.labels, train, cal, test, np.asarray(hold_out), seed)
     return Splits(train=ds.subset(train, "train"), calibration=ds.subset(cal, "calibration"),
-                  test=ds.subset(test, "test"), seed=seed, fractions=tuple(float(f) for f in fractions))
+                  test=ds.subset(test, "test"), seed=seed, fractions=tuple(float(f) for f in fractions),
+                  held_out=held)
+
+
+def _hold_out(labels: np.ndarray, train: np.ndarray, cal: np.ndarray, test: np.ndarray, hold: np.ndarray,
+              seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Move the ``hold`` indices into the test part by swapping with same-class test samples."""
+    if not np.issubdtype(hold.dtype, np.integer) or hold.ndim != 1:
+        raise DataError(f"held-out indices must be a 1-D integer array; got {hold.dtype}, shape {hold.shape}")
+    hold = np.unique(hold)
+    if hold.size and (hold[0] < 0 or hold[-1] >= len(labels)):
+        raise DataError(f"held-out indices must lie in [0, {len(labels) - 1}]")
+    parts = {"train": train.copy(), "calibration": cal.copy()}
+    test = test.copy()
+    rng = np.random.default_rng([seed, 7])
+    for name, part in parts.items():
+        for h in hold[np.isin(hold, part)]:
+            c = labels[h]
+            free = test[(labels[test] == c) & ~np.isin(test, hold)]
+            if free.size == 0:
+                raise DataError(f"class {int(c)} has more held-out samples than places in the test part")
+            t = free[rng.integers(free.size)]
+            part[part == h] = t
+            test[test == t] = h
+        parts[name] = np.sort(part)
+    return parts["train"], parts["calibration"], np.sort(test), tuple(int(i) for i in hold)

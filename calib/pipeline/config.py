@@ -3,8 +3,9 @@
 A config file holds the same names as :class:`RunConfig`'s fields, with the nested sections
 ``[judge]`` (:class:`calib.judges.JudgeConfig`), ``[semantic]`` (:class:`SemanticConfig`),
 ``[attack]`` (:class:`AttackConfig`), ``[audit]`` (:class:`calib.audit.AuditConfig`),
-``[robust_embedding]`` (:class:`RobustEmbeddingConfig`: the ``robust`` judge's embedding) and
-``[lipschitz]`` (:class:`LipschitzConfig`: the ``lipschitz`` judge's embedding). Unknown keys are
+``[robust_embedding]`` (:class:`RobustEmbeddingConfig`: the ``robust`` judge's embedding),
+``[lipschitz]`` (:class:`LipschitzConfig`: the ``lipschitz`` judge's embedding) and ``[human]``
+(:class:`HumanConfig`: human-labelled sets to hold out and validate against). Unknown keys are
 errors, so a typo never silently falls back to a default.
 """
 from __future__ import annotations
@@ -47,6 +48,15 @@ class SemanticConfig:
             raise ConfigError(f"semantic norms must be linf and/or l2; got {list(self.norms)}")
         if self.iters < 0 or self.steps < 1 or self.restarts < 1:
             raise ConfigError("semantic iters must be >= 0, steps and restarts >= 1")
+
+
+@dataclass(frozen=True)
+class HumanConfig:
+    """Human-labelled sets (:mod:`calib.human.sets`: calib ``.npz`` files, Tramèr-layout ``.npy`` files
+    or folders): their source images are kept in the test part, so no model trains on them, and
+    every judge of the run is validated against them (``RUN/validation/``)."""
+
+    sets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -142,10 +152,12 @@ class RunConfig:
     classifier_epochs: int = 20
     embedding_epochs: int = 20
     embedding_dim: int = 64
+    embedding_augment: tuple[str, ...] = ()
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     semantic_bound: str = "empirical"
     robust_embedding: RobustEmbeddingConfig = field(default_factory=RobustEmbeddingConfig)
     lipschitz: LipschitzConfig = field(default_factory=LipschitzConfig)
+    human: HumanConfig = field(default_factory=HumanConfig)
     margin: float = 0.2
     miner: str = "semihard"
     q: float = 0.05
@@ -178,12 +190,16 @@ class RunConfig:
             raise ConfigError("tsne_points must be >= 10 and gallery_per_class >= 1")
         Policy(q=self.q, s=self.s, rule=self.rule)
         self.robust_embedding.mix()  # validates
+        from calib.train.augment import Augment
+
+        Augment(tuple(self.embedding_augment))
         if self.semantic_bound not in ("empirical", "certified"):
             raise ConfigError(f"unknown semantic bound {self.semantic_bound!r}; choose empirical or certified")
         if self.semantic_bound == "certified" and self.judge.name not in CERTIFIED_JUDGES and not (
                 self.judge.name == "ensemble" and all(m in CERTIFIED_JUDGES for m in self.judge.members)):
             raise ConfigError(f"judge {self.judge.name!r} has no certificate, so its semantic budget has no certified "
-                              f"bound; use --semantic-bound empirical or a certified judge ({', '.join(CERTIFIED_JUDGES)})")
+                              f"bound; use --semantic-bound empirical or a certified judge "
+                              f"({', '.join(CERTIFIED_JUDGES)})")
         StatsConfig(pairs=(self.pair,), matrix_modes=tuple(self.matrix_modes))
 
     def run_dir(self) -> Path:
@@ -193,9 +209,10 @@ class RunConfig:
 
 
 _NESTED = {"semantic": SemanticConfig, "attack": AttackConfig, "audit": AuditConfig,
-           "robust_embedding": RobustEmbeddingConfig, "lipschitz": LipschitzConfig, "judge": JudgeConfig}
+           "robust_embedding": RobustEmbeddingConfig, "lipschitz": LipschitzConfig, "judge": JudgeConfig,
+           "human": HumanConfig}
 #: sections that cannot be turned off with ``false``
-_ALWAYS = ("audit", "judge", "robust_embedding", "lipschitz")
+_ALWAYS = ("audit", "judge", "robust_embedding", "lipschitz", "human")
 #: judges with a Lipschitz certificate
 CERTIFIED_JUDGES = ("lipschitz",)
 

@@ -85,7 +85,8 @@ def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> RunContext
     if ds.fingerprint != summary["dataset"]["fingerprint"]:
         raise DataError(f"{run_dir}: the dataset on disk ({ds.fingerprint[:12]}…) is not the one the run used "
                         f"({summary['dataset']['fingerprint'][:12]}…)")
-    splits = split_dataset(ds, seed=int(cfg["seed"]), fractions=tuple(cfg["fractions"]))
+    held = (summary.get("splits") or {}).get("held_out") or None
+    splits = split_dataset(ds, seed=int(cfg["seed"]), fractions=tuple(cfg["fractions"]), hold_out=held)
     return RunContext(run_dir, summary, ds, splits, load_table(run_dir / "eps_table.json"), device)
 
 

@@ -94,7 +94,8 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
     t0 = time.perf_counter()
     out = config.run_dir()
     ds = load_dataset(config.dataset, config.data_dir, download=config.download)
-    splits = split_dataset(ds, seed=config.seed, fractions=config.fractions)
+    human, held = _human_sets(config, ds)
+    splits = split_dataset(ds, seed=config.seed, fractions=config.fractions, hold_out=held)
     out.mkdir(parents=True, exist_ok=True)  # only once the data loaded: a bad dataset leaves nothing behind
     cache = StageCache(out, on_stage)
     data_key = {"dataset": ds.fingerprint, "split_seed": config.seed, "fractions": list(config.fractions),
@@ -120,6 +121,7 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
                         "embedding": emb.info["weights_sha256"], "classifier": clf.info["weights_sha256"]},
               ["stats.json", "stats.npz"], do_stats)
     semantic = _semantic_stages(config, cache, ds, splits, data_key, models, device)
+    validation = _validation_stage(config, cache, ds, splits, human, device) if human else None
     policy = Policy(q=config.q, s=config.s, rule=config.rule)
 
     def do_budgets() -> dict[str, Any]:
@@ -132,6 +134,9 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
         if config.semantic is not None:
             table = semantic_table(table, stats, out, config.judge.name, config.semantic_bound)
             radii = load_radii(out / "semantic", config.judge.name)[0]
+        from calib.human.table import annotate_table
+
+        table = annotate_table(out, table, save=False)  # people's relabelling at these budgets, if any
         table.save(out / "eps_table.json")
         meta = {"dataset": ds.name, "fingerprint": ds.fingerprint, "pair": config.pair, "q": config.q, "s": config.s,
                 "judge": config.judge.name if radii else None, "bound": config.semantic_bound if radii else None}
@@ -143,9 +148,10 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
                           "stats_json": cache.output_hash("stats.json"), "policy": asdict(policy),
                           "pair": config.pair, "judge": config.judge.name if config.semantic else None,
                           "bound": config.semantic_bound,
-                          "semantic": semantic.get(config.judge.name).key if config.semantic else None},
+                          "semantic": semantic.get(config.judge.name).key if config.semantic else None,
+                          "human": _human_inputs(out)},
               ["eps_table.json", "eps_table.csv", "per_sample_eps.npz"], do_budgets)
-    table_hash = cache.output_hash("eps_table.json")
+    table_hash = cache.output_hash("eps_table.json")  # provenance; the attacks key on the budgets they use
 
     # ---- attacks and audit -------------------------------------------------------------------------
     attacks: dict[str, Any] = {}
@@ -178,6 +184,7 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
         "semantic": {name: rec.info for name, rec in semantic.items()},
         "stages": {r.name: {"reused": r.reused, "seconds": r.seconds, "key": r.key} for r in cache.records},
         "attacks": attacks,
+        "validation": validation.info if validation else None,
         "eps_table": str(out / "eps_table.json"),
         "report": str(out / "report.html") if report else None,
         "versions": versions(),
@@ -188,6 +195,60 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
     write_json(out / "summary.json", summary)
     log.info("run written to %s", out)
     return summary
+
+
+def _human_inputs(out: Any) -> dict[str, str]:
+    """Hashes of what the table's ``human`` blocks read: labelling sessions and validation results."""
+    from calib.human.table import session_files
+    from calib.io import sha256_file
+
+    files = session_files(out) + [p for p in (out / "validation" / "validation.json",) if p.exists()]
+    return {str(p.relative_to(out)): sha256_file(p) for p in files}
+
+
+def _human_sets(config: RunConfig, ds: Dataset) -> tuple[list[Any], np.ndarray | None]:
+    """The run's human-labelled sets, checked against the dataset, and their sources' indices."""
+    if not config.human.sets:
+        return [], None
+    from calib.human import load_human_sets
+
+    sets = load_human_sets(list(config.human.sets))
+    return sets, np.unique(np.concatenate([s.check(ds) for s in sets]))
+
+
+def _validation_stage(config: RunConfig, cache: StageCache, ds: Dataset, splits: Splits,
+                      sets: list[Any], device: str) -> StageRecord:
+    """Every judge the run has, against the human-labelled sets (``validation/``)."""
+    from calib.human import available_judges, save_validation, validate_run
+    from calib.io import sha256_file
+    from calib.pipeline.context import RunContext
+
+    out = cache.root
+    judges = available_judges(out, tuple(config.judge.members))
+
+    def do() -> dict[str, Any]:
+        ctx = RunContext(out, {"run": asdict(config)}, ds, splits, None, device)
+        doc, arrays = validate_run(ctx, sets, judges, seed=config.seed, device=device)
+        save_validation(out, doc, arrays)
+        return {name: {k: v["all"][k] for k in ("n", "balanced_accuracy", "auc")} for name, v in doc["judges"].items()}
+
+    files = sorted({p for s in sets for p in (s.path,)})
+    return cache.run("validation", {"code": source_hash("calib.human", *JUDGE_CODE), "seed": config.seed,
+                                    "sets": {f: sha256_file(f) for f in files},
+                                    "judges": judges, "models": {s: _weights_hash(out, s) for s in _stems(config, judges)},
+                                    "k": config.judge.k, "rule": config.judge.rule,
+                                    "members": list(config.judge.members)},
+                     ["validation/validation.json", "validation/validation.npz"], do)
+
+
+def _stems(config: RunConfig, judges: list[str]) -> list[str]:
+    return sorted({MODEL_OF[s] for j in judges for s in config.judge.singles(j)})
+
+
+def _weights_hash(out: Any, stem: str) -> str:
+    from calib.models import read_config
+
+    return read_config(out / "models" / stem)["weights_sha256"]
 
 
 def _train_key(cfg: TrainConfig) -> dict[str, Any]:
@@ -202,7 +263,8 @@ def _train_models(config: RunConfig, cache: StageCache, ds: Dataset, splits: Spl
     out = cache.root / "models"
     common = {"device": config.device, "progress": config.progress}
     emb_opts = {"dim": config.embedding_dim, "margin": config.margin, "miner": config.miner}
-    emb_train = TrainConfig(epochs=config.embedding_epochs, seed=config.seed, **common)
+    emb_train = TrainConfig(epochs=config.embedding_epochs, seed=config.seed, augment=tuple(config.embedding_augment),
+                            **common)
     lip = config.lipschitz
     # stem -> (training config, options in the key, trainer)
     plans: dict[str, tuple[TrainConfig, dict[str, Any], Callable[[TrainConfig], Any]]] = {}
@@ -318,10 +380,12 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
     for item in attack_plan(acfg):
         name, spec = item["name"], dataclasses.replace(item["spec"], seed=config.seed)
         uses_table = spec.eps is None
+        budget_key = (_eps_key(table, "embedding", "l2") if spec.attack == "embedding-pgd" else
+                      _eps_key(table, "input", spec.norm)) if uses_table else None
         a_inputs = {"v": STAGE_VERSIONS["attack"], "test": data_key["test"], "selection": sel.tolist(),
                     "spec": asdict(spec), "classifier": clf.info["weights_sha256"],
                     "embedding": emb.info["weights_sha256"] if spec.attack == "embedding-pgd" else None,
-                    "table": table_hash if uses_table else None}
+                    "budgets": budget_key}
 
         def do_attack(spec=spec, name=name, uses_table=uses_table) -> dict[str, Any]:
             res = run_attack(spec, model("classifier"), model("embedding") if spec.attack == "embedding-pgd" else None,
@@ -355,10 +419,19 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
                                           "judge": judge_key, "reference": data_key["train"],
                                           "config": asdict(config.audit),
                                           "code": source_hash("calib.audit", *JUDGE_CODE),
-                                          "table": table_hash if item["budget"] != "global" else None},
+                                          "budgets": budget_key},
                         [f"audit/{name}.npz", f"audit/{name}.json"], do_audit)
         results[name] = {"budget": item["budget"], "norm": spec.norm, **att.info, **aud.info}
     return results
+
+
+def _eps_key(table: Any, space: str, norm: str) -> str:
+    """sha256 of one column of per-class budgets: what an attack under the table depends on (edits
+    elsewhere in the table, such as a judge's bracket or people's labels, do not redo it)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([repr(float(v)) for v in table.eps(space, norm)]).encode()).hexdigest()
 
 
 def _probe_stage(config: RunConfig, cache: StageCache, ds: Dataset, splits: Splits, clf: StageRecord,

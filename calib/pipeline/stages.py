@@ -140,7 +140,8 @@ def budgets_stage(stats_dir: Path, policy: Policy, pair: str, out: Path | None =
 
         split = stats.meta.get("split") or {}
         splits = split_dataset(dataset, seed=int(split.get("seed", 0)),
-                               fractions=tuple(split.get("fractions", DEFAULT_FRACTIONS)))
+                               fractions=tuple(split.get("fractions", DEFAULT_FRACTIONS)),
+                               hold_out=split.get("held_out") or None)
         jc = judge_config or JudgeConfig(name=judge)
         j = run_judge(judge, Path(stats_dir), dataset, splits, jc, device)
         radii, idx, y = semantic_radii(j, dataset, splits, pair, semantic, seed=int(split.get("seed", 0)),

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from calib.errors import DataError
+from calib.errors import CalibError, DataError
 from calib.io import atomic_open, read_json
 from calib.report import figures as F
 from calib.report.figures import NORM_LABEL, esc
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SECTIONS = (("summary", "Run summary"), ("headline", "Headline: valid adversarial examples"),
             ("heatmaps", "Class-pair distances"), ("distributions", "d_same and d_diff per class"),
             ("coverage", "Coverage vs ε"), ("eps-table", "ε table"), ("semantic", "Judges and semantic radii"),
+            ("validation", "Judges vs people"),
             ("embedding", "Embedding (2-D)"),
             ("galleries", "Galleries"), ("probe", "Class-mixing probe"), ("audit", "Audit tables"))
 
@@ -214,7 +215,8 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     page.add(f'<p class="note">Judge of "the class changed": <b>{esc(judge_name)}</b> '
              f'({esc(judge_desc.get("rule", ""))}). A <b>valid</b> adversarial example is successful (f(x′) ≠ y), '
              'not perceptible (SSIM ≥ threshold), not class-changed (the judge still sees y) and not interpolated '
-             '(x′ is not closer to another training image of its class than to x). Global ε is the customary budget; '
+             '(x′ is not closer to another training image of its class than to x). Global ε is the customary '
+             'budget; '
              'per-class ε comes from the ε table; embedding PGD projects onto the per-class embedding ball (with the '
              'global ε as input cap). Per attack and class: the success rate, then, among the successful examples, '
              'the shares the judge calls class-preserving, that are perceptible, interpolated, and valid.</p>')
@@ -292,6 +294,7 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
 
     # ---- judges and semantic radii ---------------------------------------------------------------
     _semantic_section(run_dir, names, page)
+    _validation_section(run_dir, names, page)
 
     # ---- embedding ---------------------------------------------------------------------------------
     proj = _load_npz(run_dir / "projection.npz")
@@ -468,3 +471,66 @@ def _semantic_section(run_dir: Path, names: list[str], page: "_Page") -> None:
          "witnesses checked against the certificate", "seconds"], runs, left=3))
     page.figure(F.radii_boxes(boxes, names), "semantic-radii")
     page.add("</section>")
+
+
+def _validation_section(run_dir: Path, names: list[str], page: "_Page", per_judge: int = 12) -> None:
+    """Every judge against people (``calib validate`` / ``calib run --human``): agreement tables, ROC
+    curves, and for the run's judge a gallery of the images where it and people disagree."""
+    from calib.human.validate import load_validation
+
+    loaded = load_validation(run_dir)
+    page.add('<section id="validation"><h2>Judges vs people</h2>')
+    if loaded is None:
+        page.add('<p class="note">No human-labelled sets were given (<code>calib run --human PATH</code> or '
+                 '<code>calib validate RUN --human PATH</code>).</p></section>')
+        return
+    doc, arrays = loaded
+    page.add('<p class="note">People say "the class changed" when the label they gave differs from the source '
+             'image\'s label; unclear answers are left out. Balanced accuracy of each judge\'s verdict and ROC AUC of '
+             'its continuous score, with 95 % intervals (Wilson for proportions, seeded bootstrap for balanced '
+             'accuracy and AUC).</p>')
+    srows = [[s, i["n"], i["relabelled"], i["unclear"], i.get("norm"), i.get("eps"), i.get("layout")]
+             for s, i in doc["sets"].items()]
+    page.add(html_table(["set", "images", "relabelled by people", "unclear", "norm", "ε", "layout"], srows, left=1))
+    rows = []
+    for name, j in doc["judges"].items():
+        for s, r in [*j["sets"].items(), ("all sets", j["all"])]:
+            c = r["confusion"]
+            rows.append([name, s, r["n"], r["balanced_accuracy"], _ci(r["balanced_accuracy_ci95"]), r["auc"],
+                         _ci(r["auc_ci95"]), c["tp"], c["fp"], c["tn"], c["fn"], r["label_agreement"]["value"],
+                         _ci(r["label_agreement"]["wilson95"])])
+    page.add(html_table(["judge", "set", "n", "balanced accuracy", "95 %", "ROC AUC", "95 %", "TP", "FP", "TN", "FN",
+                         "label agreement", "95 %"], rows, left=2))
+    page.figure(F.roc_curves(doc), "validation-roc")
+    summary = read_json(run_dir / "summary.json", DataError, "run summary") if (run_dir / "summary.json").exists() \
+        else {}
+    judge = summary.get("judge") or next(iter(doc["judges"]))
+    if judge in doc["judges"]:
+        items = []
+        for s, info in doc["sets"].items():
+            key = info["key"]
+            y, h = arrays[f"{key}__source_label"], arrays[f"{key}__human_label"]
+            ch, lab = arrays[f"{key}__{judge}__changed"], arrays[f"{key}__{judge}__label"]
+            wrong = np.flatnonzero((h >= 0) & (ch != (h != y)))
+            for i in wrong[:per_judge - len(items)]:
+                items.append({"set": s, "index": int(arrays[f"{key}__source_index"][i]), "x": arrays[f"{key}__x"][i],
+                              "x0": None, "human": int(h[i]), "judge": int(lab[i]), "source": int(y[i])})
+        if items:
+            from calib.pipeline.context import load_run
+
+            try:
+                ds = load_run(run_dir).dataset
+                for it in items:
+                    it["x0"] = ds.images[it["index"]]
+            except CalibError as exc:  # the source images are optional: the dataset may not be on this machine
+                log.warning("disagreement gallery without source images: %s", exc)
+                for it in items:
+                    it["x0"] = np.zeros_like(it["x"])
+            page.add(f"<h3>Where judge {esc(judge)} and people disagree (first {len(items)})</h3>"
+                     '<p class="note">Each pair: the perturbed image people labelled, then its clean source image.</p>')
+            page.figure(F.disagreement_gallery(items, names), "validation-disagreements")
+    page.add("</section>")
+
+
+def _ci(ci: Any) -> str:
+    return "–" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"

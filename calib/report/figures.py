@@ -416,3 +416,49 @@ def probe_gallery(probe: dict[str, np.ndarray], class_names: Sequence[str]) -> A
     fig.update_annotations(font_size=9)
     fig.update_layout(height=95 * k + 80, margin={"t": 50, "l": 10, "r": 40, "b": 10})
     return fig
+
+
+def roc_curves(validation: dict[str, Any]) -> Any:
+    """ROC curves of every judge's "class changed" score against people's relabelling (all sets)."""
+    go = _go()
+    fig = go.Figure()
+    for name, j in validation["judges"].items():
+        roc = j["all"].get("roc") or {}
+        auc = j["all"].get("auc")
+        label = f"{esc(name)} (AUC {auc:.3f})" if auc is not None else esc(name)
+        fig.add_trace(go.Scatter(x=roc.get("fpr", []), y=roc.get("tpr", []), mode="lines", name=label,
+                                 hovertemplate=f"{esc(name)}: FPR %{{x:.3f}}, TPR %{{y:.3f}}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dot", "color": "grey"}))
+    fig.update_layout(height=460, width=640, margin={"t": 30},
+                      xaxis={"title": {"text": "false positive rate"}, "range": [0, 1.0]},
+                      yaxis={"title": {"text": "true positive rate (people relabelled)"}, "range": [0, 1.02]})
+    return fig
+
+
+def disagreement_gallery(items: list[dict[str, Any]], class_names: Sequence[str]) -> Any:
+    """Pairs (perturbed image, source image) where the judge and people disagree, titled with the
+    person's label and the judge's."""
+    from plotly.subplots import make_subplots
+
+    go = _go()
+    names = [esc(c) for c in class_names]
+    per_row = 3
+    rows = max(1, (len(items) + per_row - 1) // per_row)
+    titles = []
+    for it in items:
+        h = "unclear" if it["human"] < 0 else names[it["human"]]
+        titles += [f"{esc(it['set'])} #{it['index']}: person {h}",
+                   f"judge {names[it['judge']]} · source {names[it['source']]}"]
+    fig = make_subplots(rows=rows, cols=2 * per_row, subplot_titles=titles or None, horizontal_spacing=0.02,
+                        vertical_spacing=0.3 / rows)
+    for j, it in enumerate(items):
+        r, c0 = j // per_row + 1, (j % per_row) * 2 + 1
+        for k, img in enumerate((it["x"], it["x0"])):
+            fig.add_trace(go.Heatmap(z=_img(img), colorscale="gray", zmin=0, zmax=1, showscale=False,
+                                     hovertemplate="(%{x}, %{y}) %{z:.3f}<extra></extra>"), row=r, col=c0 + k)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
+    _square_pixels(fig)
+    fig.update_annotations(font_size=10)
+    fig.update_layout(height=200 * rows + 60, margin={"t": 40, "l": 10, "r": 10, "b": 10})
+    return fig

@@ -224,7 +224,7 @@ def compute_stats(dataset: Dataset, splits: Splits, config: StatsConfig = StatsC
             "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint,
                         "class_names": list(dataset.class_names), "image_shape": list(dataset.image_shape),
                         "num_samples": len(dataset)},
-            "split": {"seed": splits.seed, "fractions": list(splits.fractions),
+            "split": {"seed": splits.seed, "fractions": list(splits.fractions), "held_out": list(splits.held_out),
                       **{p: getattr(splits, p).fingerprint for p in PARTS}},
             "config": asdict(config), "versions": versions(), **(provenance or {})}
     stats = Stats(meta)

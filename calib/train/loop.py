@@ -34,6 +34,8 @@ class TrainConfig:
         weight_decay: Adam L2 penalty.
         max_shift: augmentation by random translation of up to this many pixels (0 = off;
             ``None`` = 2 for images of 16 px and more, else 0).
+        augment: natural, class-preserving augmentations after the shift (:mod:`calib.train.augment`:
+            ``affine``, ``elastic``, ``thickness``); none by default.
         seed: fixes weight init, shuffling, augmentation and dropout; equal seeds on CPU give
             bit-identical weights.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
@@ -45,6 +47,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     max_shift: int | None = None
+    augment: tuple[str, ...] = ()
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -58,10 +61,15 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
         if self.weight_decay < 0 or (self.max_shift is not None and self.max_shift < 0):
             raise ConfigError("weight_decay and max_shift must be >= 0")
+        from calib.train.augment import Augment
+
+        Augment(tuple(self.augment))  # validates the names
 
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("progress")
+        if not d["augment"]:
+            d.pop("augment")  # the key of a run without augmentation is what it always was
         return d
 
 
@@ -103,6 +111,11 @@ def fit(model: nn.Module, train: Dataset, loss_hook: LossHook, config: TrainConf
     max_shift = config.max_shift
     if max_shift is None:
         max_shift = 2 if min(train.image_shape[1:]) >= 16 else 0
+    augment = None
+    if config.augment:
+        from calib.train.augment import Augment
+
+        augment = Augment(tuple(config.augment))
     history: list[dict[str, float]] = []
     with progress(config.progress) as bar:
         task = bar.add_task(description, total=config.epochs * steps_per_epoch, status="")
@@ -116,7 +129,10 @@ def fit(model: nn.Module, train: Dataset, loss_hook: LossHook, config: TrainConf
                 if idx.numel() < 2:
                     bar.advance(task)
                     continue
-                xb = random_shift(x_all[idx], max_shift, generator).to(device)
+                xb = random_shift(x_all[idx], max_shift, generator)
+                if augment is not None:
+                    xb = augment(xb, generator)
+                xb = xb.to(device)
                 yb = y_all[idx].to(device)
                 loss = loss_hook(model, xb, yb)
                 opt.zero_grad(set_to_none=True)

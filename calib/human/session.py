@@ -1,0 +1,182 @@
+"""A labelling session: the experimenter's own relabelling of a run's adversarial examples.
+
+A session shows, in a seeded shuffled order, a stratified sample of the adversarial examples a run
+made at its per-class budgets (the ``pgd-table-<norm>`` attack by default) mixed with about 10 %
+clean controls (the unperturbed source images: an attention check, and the specificity of the
+judges). Every answer (a class, or -1 = unclear) is saved at once, atomically, to
+``RUN/human/<session>.npz`` in calib's human-labelled layout (:mod:`calib.human.sets`) with the extra
+arrays ``control`` (a clean control) and ``item`` (its position in the session), so ``calib
+validate`` reads it like any other set, a killed server loses nothing already answered, and
+reopening the session resumes it. The plan (items, order) lives in ``RUN/human/<session>.plan``.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calib.errors import ConfigError, DataError
+from calib.human.agreement import wilson
+from calib.human.sets import save_human_set
+from calib.io import write_npz
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+UNCLEAR = -1
+NOT_ANSWERED = -2
+
+
+@dataclass
+class Session:
+    """Items to label (in display order) and the answers so far (``NOT_ANSWERED`` where none)."""
+
+    folder: Path
+    name: str
+    x: np.ndarray              # (N, C, H, W) float32 in [0,1], display order
+    source_index: np.ndarray   # (N,) dataset indices of the clean images
+    source_label: np.ndarray   # (N,) their labels
+    control: np.ndarray        # (N,) bool: a clean control
+    answers: np.ndarray        # (N,) int64
+    attack: str
+    norm: str | None
+    class_names: list[str]
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def path(self) -> Path:
+        return self.folder / f"{self.name}.npz"
+
+    @property
+    def plan_path(self) -> Path:
+        return self.folder / f"{self.name}.plan"
+
+    def next_item(self) -> int:
+        """The first unanswered item (``len`` when all are answered)."""
+        left = np.flatnonzero(self.answers == NOT_ANSWERED)
+        return int(left[0]) if left.size else len(self.answers)
+
+    def answer(self, item: int, label: int) -> None:
+        """Record ``label`` (a class or -1 = unclear) for ``item`` and save every answer atomically."""
+        if not 0 <= item < len(self.answers):
+            raise ConfigError(f"item {item} is outside the session's {len(self.answers)} items")
+        if not (label == UNCLEAR or 0 <= label < len(self.class_names)):
+            raise ConfigError(f"label {label} is not a class (0..{len(self.class_names) - 1}) or -1 (unclear)")
+        with self.lock:
+            self.answers[item] = label
+            done = np.flatnonzero(self.answers != NOT_ANSWERED)
+            save_human_set(self.path, self.x[done], self.answers[done], self.source_index[done],
+                           name=f"session/{self.name}", norm=self.norm,
+                           extra={"control": self.control[done], "item": done.astype(np.int64)})
+
+    def relabel_rates(self) -> dict[str, Any]:
+        """Per source class, among answered adversarial items with a clear answer: the share people
+        relabelled, with its Wilson 95 % interval; and the controls answered correctly."""
+        answered = self.answers != NOT_ANSWERED
+        clear = answered & (self.answers != UNCLEAR)
+        adv = clear & ~self.control
+        out: dict[str, Any] = {"answered": int(answered.sum()), "total": len(self.answers),
+                               "unclear": int((answered & (self.answers == UNCLEAR)).sum()), "per_class": {}}
+        for c, name in enumerate(self.class_names):
+            m = adv & (self.source_label == c)
+            k = int((self.answers[m] != c).sum())
+            out["per_class"][name] = {"n": int(m.sum()), "relabelled": k, "rate": k / m.sum() if m.any() else None,
+                                      "wilson95": wilson(k, int(m.sum()))}
+        ctrl = clear & self.control
+        ok = int((self.answers[ctrl] == self.source_label[ctrl]).sum())
+        out["controls"] = {"n": int(ctrl.sum()), "correct": ok, "wilson95": wilson(ok, int(ctrl.sum()))}
+        return out
+
+
+def _stratified(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """About ``n`` positions, as even across classes as the data allows."""
+    classes = np.unique(labels)
+    per = max(1, n // len(classes))
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:per] for c in classes]
+    return np.concatenate(picks)
+
+
+def open_session(run_dir: str | Path, name: str, *, attack: str | None = None, n: int = 100,
+                 controls: float = 0.1, seed: int = 0) -> Session:
+    """Create session ``name`` for a run folder, or reopen it (then the other options are ignored).
+
+    Raises:
+        ConfigError: a bad name, or an attack the run does not have.
+    """
+    from calib.io import read_json
+
+    run_dir = Path(run_dir)
+    if not NAME.fullmatch(name):
+        raise ConfigError(f"session name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    if not 0 <= controls < 1 or n < 1:
+        raise ConfigError("controls must be in [0, 1) and n >= 1")
+    folder = run_dir / "human"
+    names = list(read_json(run_dir / "stats.json", DataError, "run statistics")["dataset"]["class_names"])
+    plan = folder / f"{name}.plan"
+    if plan.exists():
+        try:
+            with np.load(plan, allow_pickle=False) as z:
+                p = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{plan}: unreadable labelling session ({exc})") from exc
+        answers = np.full(len(p["source_index"]), NOT_ANSWERED, np.int64)
+        saved = folder / f"{name}.npz"
+        if saved.exists():
+            with np.load(saved, allow_pickle=False) as z:
+                answers[z["item"]] = z["human_label"]
+        return Session(folder, name, p["x"], p["source_index"], p["source_label"], p["control"], answers,
+                       str(p["attack"]), str(p["norm"]) or None, names)
+    norms = [f.stem.rsplit("-", 1)[-1] for f in sorted((run_dir / "attacks").glob("pgd-table-*.npz"))]
+    attack = attack or (f"pgd-table-{norms[0]}" if norms else "")
+    path = run_dir / "attacks" / f"{attack}.npz"
+    if not attack or not path.exists():
+        have = ", ".join(sorted(p.stem for p in (run_dir / "attacks").glob("*.npz"))) or "none"
+        raise ConfigError(f"the run has no attack {attack or 'at the per-class budgets'!r} to label (it has: {have})")
+    with np.load(path, allow_pickle=False) as z:
+        a = {k: z[k] for k in ("x", "x_adv", "labels", "indices") if k in z.files}
+    if "x" not in a or "indices" not in a:
+        raise DataError(f"{path}: no clean images or indices saved with the attack")
+    rng = np.random.default_rng([seed, 11])
+    adv = _stratified(a["labels"], n, rng)
+    n_ctrl = min(len(a["labels"]), max(1, round(controls * len(adv) / (1 - controls)))) if controls else 0
+    ctrl = rng.choice(len(a["labels"]), n_ctrl, replace=False)
+    x = np.concatenate([a["x_adv"][adv], a["x"][ctrl]])
+    src = np.concatenate([a["indices"][adv], a["indices"][ctrl]])
+    lab = np.concatenate([a["labels"][adv], a["labels"][ctrl]])
+    is_ctrl = np.concatenate([np.zeros(len(adv), bool), np.ones(len(ctrl), bool)])
+    order = rng.permutation(len(x))
+    norm = attack.rsplit("-", 1)[-1] if attack.rsplit("-", 1)[-1] in ("linf", "l2") else ""
+    made_at = ""
+    if norm and attack.startswith("pgd-table-"):
+        from calib.budgets import load_table
+        from calib.human.table import eps_hash
+
+        made_at = eps_hash(load_table(run_dir / "eps_table.json"), norm)
+    p = {"x": x[order].astype(np.float32), "source_index": src[order].astype(np.int64),
+         "source_label": lab[order].astype(np.int64), "control": is_ctrl[order], "attack": np.array(attack),
+         "norm": np.array(norm), "seed": np.int64(seed), "eps_hash": np.array(made_at)}
+    write_npz(plan, p)
+    return Session(folder, name, p["x"], p["source_index"], p["source_label"], p["control"],
+                   np.full(len(x), NOT_ANSWERED, np.int64), attack, norm or None, names)
+
+
+def class_keys(class_names: list[str]) -> dict[str, int]:
+    """Keyboard key -> class: the class names themselves when they are single characters (digits),
+    else each name's first free letter or digit (shown on screen)."""
+    keys: dict[str, int] = {}
+    if all(len(n) == 1 and n.lower() not in ("u",) for n in class_names) and \
+            len({n.lower() for n in class_names}) == len(class_names):
+        return {n.lower(): c for c, n in enumerate(class_names)}
+    for c, n in enumerate(class_names):
+        for ch in (n.lower() + "abcdefghijklmnopqrstvwxyz0123456789"):
+            if ch.isalnum() and ch != "u" and ch not in keys:
+                keys[ch] = c
+                break
+    if len(keys) < len(class_names):
+        raise ConfigError("too many classes to give each its own key")
+    return keys
+
+
+__all__ = ["Session", "open_session", "class_keys", "UNCLEAR", "NOT_ANSWERED"]

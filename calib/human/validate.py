@@ -1,0 +1,145 @@
+"""``calib validate``: every judge of a run against human-labelled sets.
+
+A set is judged only by a run that never trained on its source images (``calib run --human`` keeps
+them in the test part); a set whose sources lie in the run's training part is refused. For each
+judge the run has (f always; every other judge whose models the run trained), per set, per source
+class and over all sets: agreement on "did the class change?" and on the label
+(:mod:`calib.human.agreement`), the ROC curve of the judge's score, and the images where judge and
+people disagree. Results go to ``RUN/validation/validation.{json,npz}``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calib.errors import DataError
+from calib.human.agreement import agreement, roc_points
+from calib.human.sets import HumanSet
+from calib.io import read_json, to_jsonable, write_json, write_npz
+
+log = logging.getLogger(__name__)
+
+FORMAT = "calib-validation"
+
+
+def available_judges(run_dir: str | os.PathLike[str], members: tuple[str, ...] = ("knn", "knn2")) -> list[str]:
+    """The judges whose models ``run_dir/models`` holds (the classifier first; the ensemble when
+    all its members are there)."""
+    from calib.judges import MODEL_OF
+
+    models = Path(run_dir) / "models"
+    have = [name for name, stem in MODEL_OF.items() if (models / f"{stem}.json").exists()]
+    if all(m in have for m in members):
+        have.append("ensemble")
+    return have
+
+
+def check_sets(ctx: Any, sets: list[HumanSet]) -> dict[str, np.ndarray]:
+    """Each set's source indices in the run's dataset, after refusing sets the run trained on.
+
+    Raises:
+        DataError: a set does not fit the dataset, or some of its sources are training images.
+    """
+    out = {}
+    train = ctx.splits.train.indices
+    for s in sets:
+        idx = s.check(ctx.dataset)
+        seen = np.isin(idx, train)
+        if seen.any():
+            raise DataError(f"{s.name}: {int(seen.sum())} of its {len(idx)} source images are in the run's training "
+                            f"part, so its judges have seen them; run `calib run --human {s.path}` to keep them out")
+        out[s.name] = idx
+    return out
+
+
+def validate_run(ctx: Any, sets: list[HumanSet], judges: list[str] | None = None, seed: int = 0,
+                 device: str = "cpu") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Agreement of every judge with people on ``sets``; returns (the JSON document, per-image arrays).
+
+    Args:
+        ctx: the run (:class:`calib.pipeline.context.RunContext`).
+        judges: judge names (default: :func:`available_judges`).
+    """
+    from calib.audit.audit import judge_verdicts
+
+    if not sets:
+        raise DataError("no human-labelled sets given")
+    indices = check_sets(ctx, sets)
+    members = tuple((ctx.run_config.get("judge") or {}).get("members", ("knn", "knn2")))
+    judges = judges or available_judges(ctx.run_dir, members)
+    ds = ctx.dataset
+    arrays: dict[str, np.ndarray] = {}
+    for s in sets:
+        key = _key(s.name)
+        arrays[f"{key}__source_index"] = indices[s.name]
+        arrays[f"{key}__source_label"] = ds.labels[indices[s.name]]
+        arrays[f"{key}__human_label"] = s.human_label
+        arrays[f"{key}__x"] = s.x
+    doc: dict[str, Any] = {"format": FORMAT, "sets": {}, "judges": {}, "seed": seed}
+    for s in sets:
+        key = _key(s.name)
+        y, h = arrays[f"{key}__source_label"], s.human_label
+        clear = h >= 0
+        doc["sets"][s.name] = {"n": len(s), "path": s.path, "layout": s.layout, "norm": s.norm, "eps": s.eps,
+                               "unclear": int((~clear).sum()), "relabelled": int((h[clear] != y[clear]).sum()),
+                               "key": key}
+    for name in judges:
+        judge = ctx.judge(name)
+        pooled: dict[str, list[np.ndarray]] = {k: [] for k in ("y", "h", "changed", "score", "label")}
+        per_set = {}
+        for s in sets:
+            key = _key(s.name)
+            y = arrays[f"{key}__source_label"]
+            v = judge_verdicts(judge, ds.images[indices[s.name]], s.x, y, device=device)
+            arrays[f"{key}__{name}__changed"] = v["class_changed"]
+            arrays[f"{key}__{name}__score"] = v["judge_score"]
+            arrays[f"{key}__{name}__label"] = v["judge_label"]
+            per_set[s.name] = {**agreement(y, s.human_label, v["class_changed"], v["judge_score"], v["judge_label"],
+                                           seed), "roc": roc_points(y, s.human_label, v["judge_score"])}
+            for k, a in (("y", y), ("h", s.human_label), ("changed", v["class_changed"]),
+                         ("score", v["judge_score"]), ("label", v["judge_label"])):
+                pooled[k].append(a)
+        p = {k: np.concatenate(v) for k, v in pooled.items()}
+        per_class = {ds.class_names[c]: agreement(p["y"][p["y"] == c], p["h"][p["y"] == c], p["changed"][p["y"] == c],
+                                                  p["score"][p["y"] == c], p["label"][p["y"] == c], seed)
+                     for c in range(ds.num_classes) if (p["y"] == c).any()}
+        doc["judges"][name] = {"describe": judge.describe(), "sets": per_set,
+                               "all": {**agreement(p["y"], p["h"], p["changed"], p["score"], p["label"], seed),
+                                       "roc": roc_points(p["y"], p["h"], p["score"])},
+                               "per_class": per_class}
+        a = doc["judges"][name]["all"]
+        log.info("judge %s: balanced accuracy %s, AUC %s on %d images", name, a["balanced_accuracy"], a["auc"], a["n"])
+    return doc, arrays
+
+
+def _key(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+def save_validation(run_dir: str | os.PathLike[str], doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    """``RUN/validation/validation.npz`` then ``.json``, atomically."""
+    folder = Path(run_dir) / "validation"
+    write_npz(folder / "validation.npz", arrays)
+    write_json(folder / "validation.json", to_jsonable(doc))
+    return folder / "validation.json"
+
+
+def load_validation(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """What :func:`save_validation` wrote, or ``None``."""
+    folder = Path(run_dir) / "validation"
+    if not (folder / "validation.json").exists():
+        return None
+    doc = read_json(folder / "validation.json", DataError, "validation results")
+    try:
+        with np.load(folder / "validation.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folder}/validation.npz: unreadable ({exc})") from exc
+    return doc, arrays
+
+
+__all__ = ["available_judges", "check_sets", "validate_run", "save_validation", "load_validation"]
