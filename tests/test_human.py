@@ -179,6 +179,14 @@ def test_agreement_against_plain_computations():
     assert lo <= a["balanced_accuracy"] <= hi and lo < hi
     assert a["auc_ci95"][0] <= a["auc"] <= a["auc_ci95"][1]
     assert wilson(0, 0) is None
+    # the vectorised bootstrap statistics are scikit-learn's, resample by resample
+    from calib.human.agreement import auc_rows, balanced_accuracy_rows
+
+    idx = np.random.default_rng(5).integers(0, keep.sum(), (20, keep.sum()))
+    t, s_, c_ = truth[idx], score[keep][idx], c[idx]
+    for r in range(20):
+        assert auc_rows(t, s_)[r] == pytest.approx(roc_auc_score(t[r], s_[r]))
+        assert balanced_accuracy_rows(t, c_)[r] == pytest.approx(balanced_accuracy_score(t[r], c_[r]))
     only = agreement(y[:5], y[:5], changed[:5], score[:5], label[:5])
     assert only["auc"] is None and only["balanced_accuracy"] is None  # one kind of answer only
 

@@ -48,26 +48,40 @@ def _auc(truth: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(truth, score))
 
 
-def _bootstrap(stat, truth: np.ndarray, other: np.ndarray, seed: int) -> tuple[float, float] | None:
-    """Percentile bootstrap 95 % interval of ``stat(truth, other)``; resamples with both answers."""
+def balanced_accuracy_rows(t: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """Balanced accuracy of each row of (B, n) boolean truth / verdict arrays."""
+    pos = t.sum(1)
+    return ((t & o).sum(1) / pos + (~t & ~o).sum(1) / (t.shape[1] - pos)) / 2
+
+
+def auc_rows(t: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row of (B, n) truth / score arrays (Mann-Whitney U with average ranks for ties,
+    which is what ``roc_auc_score`` computes)."""
+    from scipy.stats import rankdata
+
+    r = rankdata(s, axis=1)
+    p = t.sum(1)
+    return ((r * t).sum(1) - p * (p + 1) / 2) / (p * (t.shape[1] - p))
+
+
+def _bootstrap(rows, truth: np.ndarray, other: np.ndarray, seed: int) -> tuple[float, float] | None:
+    """Percentile bootstrap 95 % interval of a statistic (``rows``: vectorised over resamples);
+    resamples holding only one kind of answer are skipped."""
     rng = np.random.default_rng(seed)
     n = len(truth)
-    vals = []
-    for _ in range(BOOTSTRAP):
-        i = rng.integers(0, n, n)
-        t = truth[i]
-        if t.all() or not t.any():
-            continue
-        vals.append(stat(t, other[i]))
-    if len(vals) < BOOTSTRAP // 2:
+    i = rng.integers(0, n, (BOOTSTRAP, n))
+    t, o = truth[i], other[i]
+    keep = t.any(1) & ~t.all(1)
+    if keep.sum() < BOOTSTRAP // 2:
         return None
-    lo, hi = np.quantile(vals, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    lo, hi = np.quantile(rows(t[keep], o[keep]), [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
     return float(lo), float(hi)
 
 
 def agreement(source_label: np.ndarray, human_label: np.ndarray, changed: np.ndarray, score: np.ndarray,
-              judge_label: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """Agreement of one judge with people on one group of images (all arrays (N,)).
+              judge_label: np.ndarray, seed: int = 0, intervals: bool = True) -> dict[str, Any]:
+    """Agreement of one judge with people on one group of images (all arrays (N,)); ``intervals``:
+    also the bootstrap intervals of balanced accuracy and AUC (the Wilson ones always).
 
     Raises:
         DataError: the arrays disagree in length.
@@ -88,9 +102,9 @@ def agreement(source_label: np.ndarray, human_label: np.ndarray, changed: np.nda
         "sensitivity": _rate(tp, tp + fn), "specificity": _rate(tn, tn + fp), "accuracy": _rate(tp + tn, len(truth)),
         "label_agreement": _rate(int((jl == h).sum()), len(h)),
         "balanced_accuracy": _balanced_accuracy(truth, ch) if both else None,
-        "balanced_accuracy_ci95": _bootstrap(_balanced_accuracy, truth, ch, seed) if both else None,
+        "balanced_accuracy_ci95": _bootstrap(balanced_accuracy_rows, truth, ch, seed) if both and intervals else None,
         "auc": _auc(truth, sc) if both else None,
-        "auc_ci95": _bootstrap(_auc, truth, sc, seed + 1) if both else None,
+        "auc_ci95": _bootstrap(auc_rows, truth, sc, seed + 1) if both and intervals else None,
     }
     return out
 
