@@ -224,7 +224,10 @@ def test_validate_command(tiny_run, tmp_path, capsys):
     # the run's table now records its judge's measured agreement (no labelling session yet: no human block)
     from calib.budgets import load_table
 
-    assert "human" not in load_table(run / "eps_table.json").budgets["input/linf"]
+    table = load_table(run / "eps_table.json")
+    assert "human" not in table.budgets["input/linf"]
+    agree = table.policy["semantic"]["judge_agreement"]
+    assert agree["n"] == 30 and agree["sets"] == ["test-set"] and agree["auc"] == pytest.approx(j["knn"]["all"]["auc"])
     # a set whose sources the run trained on: one line, exit 2, nothing written
     _set_from(run, "train", tmp_path / "train-set.npz")
     before = (run / "validation" / "validation.json").read_bytes()

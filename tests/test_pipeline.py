@@ -246,7 +246,8 @@ def test_run_with_other_judges(tiny_run, tmp_path):
               "semantic-classifier", "semantic-robust", "budgets", "audit-pgd-global-linf", "probe"):
         assert not st[k]["reused"], k
     table = json.loads((out / "eps_table.json").read_text())
-    assert table["policy"]["semantic"]["judge"]["name"] == "lipschitz" and table["policy"]["semantic"]["bound"] == "certified"
+    policy = table["policy"]["semantic"]
+    assert policy["judge"]["name"] == "lipschitz" and policy["bound"] == "certified"
     sem = table["budgets"]["input/linf"]["components"]["semantic"]
     assert all(c <= e for c, e in zip(sem["certified"], sem["empirical"]) if e is not None)
     np.testing.assert_allclose(table["budgets"]["input/linf"]["eps"],

@@ -102,8 +102,9 @@ class HumanSet:
             d = np.abs(self.x - dataset.images[idx]).reshape(len(idx), -1).max(1)
             far = d > self.eps + LINF_SLACK
             if far.any():
-                raise DataError(f"{self.path}: {int(far.sum())} image(s) lie farther than L-inf {self.eps:g} from their "
-                                f"source image (up to {float(d.max()):.3f}): wrong source indices or wrong dataset?")
+                raise DataError(f"{self.path}: {int(far.sum())} image(s) lie farther than L-inf {self.eps:g} from "
+                                f"their source image (up to {float(d.max()):.3f}): wrong source indices or wrong "
+                                "dataset?")
         return idx
 
 

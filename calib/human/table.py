@@ -37,18 +37,11 @@ def session_files(run_dir: str | os.PathLike[str]) -> list[Path]:
 
 def human_blocks(run_dir: str | os.PathLike[str], table: Any) -> dict[str, dict[str, Any]]:
     """``input/<norm>`` -> its ``human`` block, for every norm with sessions at the current budgets."""
-    from calib.human.validate import load_validation
-
     names = table.class_names
     q = float(table.policy.get("q", 0.05))
     sem = table.policy.get("semantic") or {}
     judge = (sem.get("judge") or {}).get("name") if isinstance(sem.get("judge"), dict) else sem.get("judge")
-    validation = load_validation(run_dir)
-    agreement = None
-    if validation is not None and judge in validation[0].get("judges", {}):
-        a = validation[0]["judges"][judge]["all"]
-        agreement = {k: a.get(k) for k in ("n", "balanced_accuracy", "balanced_accuracy_ci95", "auc", "auc_ci95")}
-        agreement["sets"] = list(validation[0].get("sets", {}))
+    agreement = judge_agreement(run_dir, judge)
     counts: dict[str, dict[str, Any]] = {}
     for path in session_files(run_dir):
         with np.load(path.with_suffix(".plan"), allow_pickle=False) as z:
@@ -77,8 +70,21 @@ def human_blocks(run_dir: str | os.PathLike[str], table: Any) -> dict[str, dict[
     return out
 
 
+def judge_agreement(run_dir: str | os.PathLike[str], judge: str | None) -> dict[str, Any] | None:
+    """The run judge's measured agreement with people (``RUN/validation``), or ``None``."""
+    from calib.human.validate import load_validation
+
+    validation = load_validation(run_dir)
+    if validation is None or judge not in validation[0].get("judges", {}):
+        return None
+    a = validation[0]["judges"][judge]["all"]
+    return {**{k: a.get(k) for k in ("n", "balanced_accuracy", "balanced_accuracy_ci95", "auc", "auc_ci95")},
+            "sets": list(validation[0].get("sets", {}))}
+
+
 def annotate_table(run_dir: str | os.PathLike[str], table: Any | None = None, save: bool = True) -> Any:
-    """The run's table with its ``human`` blocks (written back atomically with ``save``)."""
+    """The run's table with its ``human`` blocks and, in ``policy.semantic``, the judge's measured
+    agreement with people (written back atomically with ``save``)."""
     from calib.budgets import EpsTable, load_table
     from calib.io import to_jsonable
 
@@ -89,10 +95,14 @@ def annotate_table(run_dir: str | os.PathLike[str], table: Any | None = None, sa
         b.pop("human", None)
     for key, block in human_blocks(run_dir, table).items():
         doc["budgets"][key]["human"] = block
+    sem = doc["policy"].get("semantic")
+    if isinstance(sem, dict):
+        name = sem["judge"].get("name") if isinstance(sem.get("judge"), dict) else sem.get("judge")
+        sem["judge_agreement"] = judge_agreement(run_dir, name)
     out = EpsTable.from_dict(to_jsonable(doc))
     if save:
         out.save(run_dir / "eps_table.json")
     return out
 
 
-__all__ = ["annotate_table", "human_blocks", "eps_hash", "session_files"]
+__all__ = ["annotate_table", "human_blocks", "judge_agreement", "eps_hash", "session_files"]

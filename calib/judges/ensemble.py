@@ -25,6 +25,14 @@ from calib.judges.base import Judge
 RULES = ("any", "majority")
 
 
+@torch.no_grad()
+def margin_scale(judge: Judge, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """A judge's margin unit: the median margin of the clean points (N, C, H, W) it judges correctly."""
+    ms = torch.cat([judge.margin(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    pos = ms[ms > 0]
+    return float(pos.median()) if pos.numel() else 1.0
+
+
 class EnsembleJudge(Judge):
     """Several judges combined by ``rule`` (see the module docstring).
 
@@ -83,12 +91,7 @@ class EnsembleJudge(Judge):
     @torch.no_grad()
     def calibrate_scales(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> "EnsembleJudge":
         """Set each member's scale to the median margin of the clean points it judges correctly."""
-        scales = []
-        for m in self.members:
-            ms = torch.cat([m.margin(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-            pos = ms[ms > 0]
-            scales.append(float(pos.median()) if pos.numel() else 1.0)
-        self.scales = scales
+        self.scales = [margin_scale(m, x, y, batch_size) for m in self.members]
         return self
 
     @torch.no_grad()

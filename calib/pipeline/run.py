@@ -144,7 +144,7 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
                          per_sample_arrays(stats, policy, config.pair, radii, config.semantic_bound), meta)
         return {}
 
-    cache.run("budgets", {"code": source_hash(*JUDGE_CODE), "stats": cache.output_hash("stats.npz"),
+    cache.run("budgets", {"code": source_hash(*JUDGE_CODE, "calib.human"), "stats": cache.output_hash("stats.npz"),
                           "stats_json": cache.output_hash("stats.json"), "policy": asdict(policy),
                           "pair": config.pair, "judge": config.judge.name if config.semantic else None,
                           "bound": config.semantic_bound,
@@ -235,7 +235,8 @@ def _validation_stage(config: RunConfig, cache: StageCache, ds: Dataset, splits:
     files = sorted({p for s in sets for p in (s.path,)})
     return cache.run("validation", {"code": source_hash("calib.human", *JUDGE_CODE), "seed": config.seed,
                                     "sets": {f: sha256_file(f) for f in files},
-                                    "judges": judges, "models": {s: _weights_hash(out, s) for s in _stems(config, judges)},
+                                    "judges": judges,
+                                    "models": {s: _weights_hash(out, s) for s in _stems(config, judges)},
                                     "k": config.judge.k, "rule": config.judge.rule,
                                     "members": list(config.judge.members)},
                      ["validation/validation.json", "validation/validation.npz"], do)

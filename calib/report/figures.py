@@ -192,7 +192,8 @@ def eps_table_chart(table: Any) -> Any:
         comps = b.get("components", {})
         if "geometric" in comps:
             fig.add_trace(go.Scatter(x=names, y=comps["geometric"], mode="markers", name="geometric ε",
-                                     marker={"symbol": "line-ew-open", "size": 18, "color": "black", "line": {"width": 3}},
+                                     marker={"symbol": "line-ew-open", "size": 18, "color": "black",
+                                             "line": {"width": 3}},
                                      showlegend=legend("geo"), legendgroup="geo",
                                      hovertemplate="class %{x}: geometric ε %{y:.4g}<extra></extra>"), row=r, col=1)
         sem = comps.get("semantic")
@@ -202,13 +203,15 @@ def eps_table_chart(table: Any) -> Any:
             judge = esc(sem.get("judge"))
             if cert is not None:
                 fig.add_trace(go.Scatter(x=names, y=cert, mode="markers", name=f"semantic bracket ({judge})",
-                                         error_y={"type": "data", "symmetric": False, "array": np.nan_to_num(emp - cert),
+                                         error_y={"type": "data", "symmetric": False,
+                                                  "array": np.nan_to_num(emp - cert),
                                                   "arrayminus": np.zeros_like(cert), "color": "#e45756", "thickness": 3,
                                                   "width": 8},
                                          marker={"symbol": "triangle-up", "size": 10, "color": "#e45756"},
                                          customdata=np.stack([cert, emp], 1), showlegend=legend("bracket"),
                                          legendgroup="bracket",
-                                         hovertemplate="class %{x}: semantic [certified %{customdata[0]:.4g}, empirical "
+                                         hovertemplate="class %{x}: semantic [certified %{customdata[0]:.4g}, "
+                                                       "empirical "
                                                        "%{customdata[1]:.4g}]<extra></extra>"), row=r, col=1)
             fig.add_trace(go.Scatter(x=names, y=emp, mode="markers", name=f"semantic, empirical (upper; {judge})",
                                      marker={"symbol": "triangle-down", "size": 11, "color": "#f58518"},
