@@ -111,3 +111,15 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions that matter for reproducing a result (provenance of every output)."""
+    import platform
+
+    import torch
+
+    from calib import __version__
+
+    return {"calib": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}

@@ -1,4 +1,4 @@
-"""PGD whose projection step happens in embedding space (DESIGN.md, "Attacks").
+"""PGD whose projection step happens in embedding space (docs/design.md, "Attacks").
 
 Threat model: x' in [0,1], optionally ``||x' - x||_p <= cap``, and ``||g(x') - g(x)||_2 <= eps_emb(y)``
 for the embedding g. The classifier loss is ascended in input space; after every step the
@@ -6,7 +6,7 @@ candidate x~ is projected back onto the embedding ball by one of two methods:
 
 * ``bisection``: search a segment ``s + t (x~ - s)``, t in [0, 1], from a feasible start s: the
   previous iterate (``segment="previous"``, default) or the clean x (``segment="clean"``, the
-  segment [x, x~] of DESIGN.md). t = 0 is feasible, so the result always is. The first probe is
+  segment [x, x~] of docs/design.md). t = 0 is feasible, so the result always is. The first probe is
   the secant guess ``t = (eps - d(s)) / (d(x~) - d(s))`` (exact if the distance is linear along
   the segment), then ``iters - 1`` halvings of the bracket; the feasible end is returned. From the
   previous iterate the segment is one step long, so the secant guess is accurate and a miss costs

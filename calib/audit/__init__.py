@@ -1,4 +1,4 @@
-"""The audit of adversarial examples (DESIGN.md): perceptibility, semantic class change,
+"""The audit of adversarial examples (docs/design.md): perceptibility, semantic class change,
 same-class interpolation and the *valid adversarial example* verdict."""
 from calib.audit.audit import FLAGS, AuditConfig, AuditResult, Reference, audit, build_reference, judge_verdicts
 from calib.audit.interpolation import ball_has_wrong, interpolation, nearest_same_class

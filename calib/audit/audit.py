@@ -1,4 +1,4 @@
-"""The audit: is each adversarial example a *fair* one (DESIGN.md)?
+"""The audit: is each adversarial example a *fair* one (docs/design.md)?
 
 For every attacked x -> x' with label y, classifier f and the run's judge (:mod:`calib.judges`):
 

@@ -1,6 +1,6 @@
 """Same-class interpolation: does an "adversarial" point just move toward another real image?
 
-Two checks (DESIGN.md, audit):
+Two checks (docs/design.md, audit):
 
 * ``interpolated``: x' is strictly closer to some same-class reference image than to x itself, so
   the attack may be moving to a real image of the class rather than perturbing x;

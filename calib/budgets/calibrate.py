@@ -10,8 +10,7 @@ from calib.budgets.geometric import CUSTOMARY, Policy, geometric_budget, global_
 from calib.budgets.margin import margin_budget
 from calib.budgets.table import EpsTable, table_from_budgets
 from calib.errors import ConfigError
-from calib.io import to_jsonable
-from calib.models.artefact import versions
+from calib.io import to_jsonable, versions
 from calib.stats import Stats
 
 if TYPE_CHECKING:

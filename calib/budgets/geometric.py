@@ -1,4 +1,4 @@
-"""Geometric epsilon budgets from nearest-neighbour distances (DESIGN.md, "Budgets").
+"""Geometric epsilon budgets from nearest-neighbour distances (docs/design.md, "Budgets").
 
 Threat model: an L_p ball ``{x' : ||x' - x||_p <= eps}`` around a clean point x of class c. The ball
 is *safe* for x when it neither contains another same-class image (``eps < d_same(x)``) nor
@@ -35,7 +35,7 @@ RULES = ("quantile", "coverage")
 @dataclass(frozen=True)
 class Policy:
     """Quantile level ``q`` in [0, 1), safety factor ``s`` > 0, numpy quantile ``method``, and the
-    ``rule``: ``quantile`` (DESIGN.md's formula, the default) or ``coverage`` (coverage >= 1-q)."""
+    ``rule``: ``quantile`` (docs/design.md's formula, the default) or ``coverage`` (coverage >= 1-q)."""
 
     q: float = 0.05
     s: float = 1.0

@@ -1,4 +1,4 @@
-"""The embedding margin budget (DESIGN.md, "Budgets"): the radius in embedding space that provably
+"""The embedding margin budget (docs/design.md, "Budgets"): the radius in embedding space that provably
 keeps the 1-NN label.
 
 Threat model: a point x of class y whose embedding g(x) may move anywhere within an L2 ball of radius

@@ -1,4 +1,4 @@
-"""Semantic input budgets (DESIGN.md, "Budgets"): the judge's robustness radius.
+"""Semantic input budgets (docs/design.md, "Budgets"): the judge's robustness radius.
 
 For a calibration point x of class y and a judge J (:mod:`calib.judges`), the robustness radius in
 input norm p is ``r(x) = min{ ||delta||_p : J(x + delta) != y, x + delta in [0,1] }``: the smallest
@@ -21,7 +21,7 @@ Every estimate says which side it bounds:
   (a bug, not a user error); the number of witnesses checked is recorded.
 
 A point the judge already gets wrong has r = 0 under both bounds and counts against coverage.
-A semantic budget measures the judge, not the truth (DESIGN.md): a plain triplet net is moved across
+A semantic budget measures the judge, not the truth (docs/design.md): a plain triplet net is moved across
 its class margin by imperceptible changes, so its r(x) is small.
 """
 from __future__ import annotations

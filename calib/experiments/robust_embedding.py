@@ -2,7 +2,7 @@
 
 The embedding that judges "the class changed" must itself be hard to move: a plain triplet embedding
 can be moved across its class margin by imperceptible input changes, which collapses the semantic
-budget (DESIGN.md). Here g_r is trained with anchors that maximise the embedding shift inside an
+budget (docs/design.md). Here g_r is trained with anchors that maximise the embedding shift inside an
 input ball (:func:`calib.train.adversarial.mixed_triplet`; ``calib run --judge robust`` trains the
 same model for the run), and both embeddings are measured as nearest-class judges exactly as the run
 measures its judge: per class, the q-quantile of the robustness radius (per-point bisection of PGD

@@ -1,4 +1,4 @@
-"""Judges: who decides "the class changed" (DESIGN.md, "Judges").
+"""Judges: who decides "the class changed" (docs/design.md, "Judges").
 
 Each judge gives, per image, a label and a margin in its own space (its negation is the continuous
 "class changed" score), and a certified input radius where it has a Lipschitz certificate. The

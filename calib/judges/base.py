@@ -1,4 +1,4 @@
-"""The judge interface: who decides "the class changed" (DESIGN.md, "Judges").
+"""The judge interface: who decides "the class changed" (docs/design.md, "Judges").
 
 A judge maps images (N, C, H, W) in [0,1] to a class and, given the class y a perturbed image
 should keep, to a *margin* in the judge's own space: positive when the judge still sees y, negative

@@ -2,11 +2,11 @@
 triplet g) and ``lipschitz`` (a g with a certified Lipschitz constant).
 
 Rule: with ``D_c(x)`` the mean L2 distance from g(x) to its k nearest reference embeddings of class
-c (k = 1: the 1-NN rule of DESIGN.md), the label is ``argmin_c D_c(x)`` and the margin of class y is::
+c (k = 1: the 1-NN rule of docs/design.md), the label is ``argmin_c D_c(x)`` and the margin of class y is::
 
     m(x) = (min_{c != y} D_c(x) - D_y(x)) / 2
 
-which, for k = 1 and x outside the reference set, is DESIGN.md's ``(d_diff_g - d_same_g) / 2``. Each
+which, for k = 1 and x outside the reference set, is docs/design.md's ``(d_diff_g - d_same_g) / 2``. Each
 ``D_c`` is 1-Lipschitz in g(x), so m changes by at most ``||g(x') - g(x)||``: no embedding move smaller
 than m(x) changes the label. When g is L-Lipschitz from input L2 to embedding L2, no input change
 with ``||delta||_2 < m(x) / L`` does: the certified radius, ``m(x) / (L sqrt(n))`` in L-inf.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from calib.errors import ArtefactError
-from calib.io import atomic_path, read_json, sha256_file, write_json
+from calib.io import atomic_path, read_json, sha256_file, versions, write_json
 from calib.models.nets import build_model
 
 FORMAT = "calib-model"
@@ -35,16 +34,6 @@ def weights_hash(state: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
     return h.hexdigest()
-
-
-def versions() -> dict[str, str]:
-    """Versions that matter for reproducing a result."""
-    import numpy
-
-    from calib import __version__
-
-    return {"calib": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version()}
 
 
 def _paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:

@@ -58,7 +58,7 @@ class RunContext:
         return self._judges[key]
 
     def provenance(self) -> dict[str, Any]:
-        from calib.models.artefact import versions
+        from calib.io import versions
 
         return {"run": str(self.run_dir), "dataset": self.dataset.name, "fingerprint": self.dataset.fingerprint,
                 "seed": self.seed, "eps_table_sha256": _sha(self.run_dir / "eps_table.json"),

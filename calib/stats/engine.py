@@ -1,4 +1,4 @@
-"""The statistics engine behind ``calib stats``: every quantity of DESIGN.md, per space and norm.
+"""The statistics engine behind ``calib stats``: every quantity of docs/design.md, per space and norm.
 
 Spaces: ``input`` (flattened pixels in [0,1]; norms l2, linf, l1) and ``embedding`` (the trained
 g's unit vectors; l2). For each (space, norm):
@@ -25,8 +25,7 @@ import numpy as np
 
 from calib.data import PARTS, Dataset, Splits
 from calib.errors import ConfigError, DataError
-from calib.io import to_jsonable, write_json, write_npz
-from calib.models.artefact import versions
+from calib.io import to_jsonable, versions, write_json, write_npz
 from calib.progress import progress
 from calib.stats.neighbours import NORMS, SameDiff, same_diff
 from calib.stats.pairwise import LEVELS, ClassPairStats, class_pair_stats, n_blocks

@@ -1,4 +1,4 @@
-"""Nearest-neighbour distances: ``d_same(x)`` and ``d_diff(x)`` (DESIGN.md, "Quantities").
+"""Nearest-neighbour distances: ``d_same(x)`` and ``d_diff(x)`` (docs/design.md, "Quantities").
 
 Backends (all exact flat search, nothing approximate):
 
@@ -115,7 +115,7 @@ def _faiss_candidates(q: np.ndarray, r: np.ndarray, norm: str, exclude: np.ndarr
 
 @dataclass(frozen=True)
 class SameDiff:
-    """Per-query nearest same-class and different-class references (DESIGN.md).
+    """Per-query nearest same-class and different-class references (docs/design.md).
 
     All arrays have shape (nq,). Indices point into the reference set; ``inf``/-1 mean none exists.
     """

@@ -1,6 +1,6 @@
 """Class-pair distance matrices ``M[a, b]``: mean (and spread of) pairwise distances between classes.
 
-Two modes (DESIGN.md):
+Two modes (docs/design.md):
 
 * ``sampled``: ``n_per_class`` points per class (seeded), all pairs among them -- the classic
   heat-map analysis. Quantiles are exact over the sampled pairs.
