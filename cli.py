@@ -1,6 +1,9 @@
 """calib command line: a thin shell over the library (``calib --help``).
 
-Every library error becomes one line on stderr and exit status 2; so does an unknown option.
+Every user error (a :class:`~calib.errors.CalibError`, an unknown option) becomes one line on stderr and
+exit status 2. Anything else is a bug (a broken invariant, an unexpected exception): "internal error:
+<one line>" on stderr, the traceback in ``RUN/logs/`` (or a temporary file it names) and exit status 3.
+Commands that write a run folder hold its lock (:class:`calib.pipeline.lock.RunLock`).
 """
 from __future__ import annotations
 
@@ -17,6 +20,16 @@ from rich.console import Console
 from rich.table import Table
 
 from calib.errors import CalibError
+
+_RUN_DIRS: list[Path] = []  # the run folder the current command works on (for internal-error logs)
+
+
+def _writing(folder: Path, command: str, create: bool = False):
+    """The run folder's lock for a command that writes it (and remember the folder for error logs)."""
+    from calib.pipeline.lock import RunLock
+
+    _RUN_DIRS.append(Path(folder))
+    return RunLock(folder, command, create=create)
 
 app = typer.Typer(
     help="Calibrate adversarial-perturbation budgets (epsilon) with metric learning.\n\n"
@@ -162,7 +175,6 @@ def run(ctx: typer.Context,
         no_progress: bool = NoProgressOpt) -> None:
     """The main job: models, statistics, budgets, attacks, audit, report (stages cached and resumable)."""
     import dataclasses
-    import shutil
 
     from click.core import ParameterSource
 
@@ -196,8 +208,7 @@ def run(ctx: typer.Context,
         if cfg.attack is None:
             raise typer.BadParameter("--attack-n needs the attacks (drop --no-attacks)")
         cfg = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, n=attack_n))
-    if fresh and (cfg.run_dir() / "cache").exists():
-        shutil.rmtree(cfg.run_dir() / "cache")
+    _RUN_DIRS.append(cfg.run_dir())
 
     def on_stage(stage: str, event: str, rec) -> None:
         if event == "reused":
@@ -207,7 +218,7 @@ def run(ctx: typer.Context,
         else:
             console.print(f"[green]✓ {stage}[/] {rec.seconds:.1f} s")
 
-    summary = run_pipeline(cfg, on_stage=on_stage)
+    summary = run_pipeline(cfg, on_stage=on_stage, fresh=fresh)
     table = Table("model", "held-out metric", "value", "weights sha256")
     for key, m in summary["models"].items():
         metric, label = ("test_accuracy", "accuracy") if key == "classifier" else ("test_precision_at_1", "precision@1")
@@ -243,7 +254,8 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder written by `ca
     from calib.report import SECTIONS, write_report
     from calib.report.browser import BrowserError, check_page, screenshot_sections
 
-    path = write_report(run_dir, out)
+    with _writing(run_dir, "calib report"):
+        path = write_report(run_dir, out)
     console.print(f"report written to {path}")
     if check:
         result = check_page(path)
@@ -270,13 +282,21 @@ def experiment_cmd(name: str = typer.Argument(..., help="transfer, adversarial-t
                    no_report: bool = typer.Option(False, "--no-report", help="Do not rebuild report.html."),
                    device: str = DeviceOpt, no_progress: bool = NoProgressOpt) -> None:
     """Run one background experiment on a run folder and add its section to the report."""
-    from calib.device import resolve_device
-    from calib.experiments import EXPERIMENTS, load_run
+    from calib.experiments import EXPERIMENTS
 
     if name not in EXPERIMENTS:
         raise typer.BadParameter(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     if attack is not None and attack not in ("fgsm", "pgd"):
         raise typer.BadParameter(f"--attack must be fgsm or pgd; got {attack!r}")
+    with _writing(run_dir, f"calib experiment {name}"):
+        _experiment(name, run_dir, epochs, alpha, attack, eps, n, no_report, device, no_progress)
+
+
+def _experiment(name: str, run_dir: Path, epochs: Optional[int], alpha: float, attack: Optional[str],
+                eps: Optional[float], n: Optional[int], no_report: bool, device: str, no_progress: bool) -> None:
+    from calib.device import resolve_device
+    from calib.experiments import EXPERIMENTS, load_run
+
     ctx = load_run(run_dir, device=str(resolve_device(device)))
     kw: dict = {"progress": not no_progress}
     if name in ("transfer", "adversarial-training", "robust-embedding") and epochs:
@@ -312,8 +332,10 @@ def audit_cmd(run_dir: Path = typer.Argument(..., help="A run folder (from `cali
     from calib.audit import AuditResult
     from calib.errors import DataError
 
+    _RUN_DIRS.append(run_dir)
     if adversarial is not None:
-        _import_adversarial(run_dir, adversarial, name or adversarial.stem, norm)
+        with _writing(run_dir, "calib audit --adversarial"):
+            _import_adversarial(run_dir, adversarial, name or adversarial.stem, norm)
     files = sorted((run_dir / "audit").glob("*.json"))
     if not files:
         raise DataError(f"{run_dir} has no audit/ results; run `calib run` (with attacks) first")
@@ -451,6 +473,12 @@ def label_cmd(run_dir: Path = typer.Argument(..., help="A run folder (from `cali
     """Label a run's adversarial examples yourself on a local page (127.0.0.1 only): one image at a
     time, the class key, u = unclear, Backspace = back. Answers are saved at once to
     RUN/human/<session>.npz (calib's human-labelled format); reopening resumes the session."""
+    with _writing(run_dir, f"calib label --session {session}"):
+        _label(run_dir, session, attack, n, controls, port, seed)
+
+
+def _label(run_dir: Path, session: str, attack: Optional[str], n: int, controls: float, port: int,
+           seed: int) -> None:
     from calib.human.server import HOST, serve
     from calib.human.session import open_session
 
@@ -518,9 +546,10 @@ def stats(dataset: str = DatasetOpt, data_dir: Optional[Path] = DataDirOpt, down
     ds = load_dataset(dataset, data_dir, download=download)
     splits = split_dataset(ds, seed=seed)
     emb_path = None if no_embedding else (embedding or folder / "models" / "embedding.json")
-    result = stats_stage(ds, splits, cfg, emb_path, folder / "models" / "classifier.json", allow_mismatch,
-                         show_progress=not no_progress, device=str(dev))
-    path = result.save(folder)
+    with _writing(folder, "calib stats", create=True):
+        result = stats_stage(ds, splits, cfg, emb_path, folder / "models" / "classifier.json", allow_mismatch,
+                             show_progress=not no_progress, device=str(dev))
+        path = result.save(folder)
     summary = result.summary()["neighbours"]
     table = Table("space/norm/pair", "separation r", "median d_same", "median d_diff", "dup same", "dup cross")
     for key, v in summary.items():
@@ -602,9 +631,10 @@ def budgets(run_dir: Optional[Path] = typer.Option(None, "--run", help="Folder w
         sem = SemanticConfig(norms=_csv(semantic_norms, "--semantic-norms"), iters=semantic_iters,
                              steps=semantic_steps)
         ds = load_dataset(dataset, data_dir)
-    table, path = budgets_stage(folder, Policy(q=q, s=s, rule=rule), pair, out, semantic=sem, dataset=ds,
-                                judge=judge, bound=semantic_bound, device=str(resolve_device(device)),
-                                show_progress=not no_progress)
+    with _writing(folder, "calib budgets"):
+        table, path = budgets_stage(folder, Policy(q=q, s=s, rule=rule), pair, out, semantic=sem, dataset=ds,
+                                    judge=judge, bound=semantic_bound, device=str(resolve_device(device)),
+                                    show_progress=not no_progress)
     _print_table(table)
     console.print(f"written to {path} and {path.with_suffix('.csv')}")
 
@@ -666,10 +696,12 @@ def attack(run_dir: Optional[Path] = typer.Option(None, "--run", help="Run folde
     emb = None
     if name in ("embedding-pgd", "shift"):
         emb, _ = load_model(folder / "models" / "embedding.json", dev)
-    result = run_attack(spec, clf, emb, images, labels, table=table, device=dev, show_progress=not no_progress)
     tag = f"{name}-{norm}-" + (f"eps{eps:g}" if eps is not None else "table")
-    path = save_attack(result, out or folder / "attacks", tag, dataset=ds.fingerprint,
-                       classifier_sha256=clf_cfg["weights_sha256"], split=split, seed=seed)
+    with _writing(folder, "calib attack"):
+        result = run_attack(spec, clf, emb, images, labels, table=table, device=dev,
+                            show_progress=not no_progress)
+        path = save_attack(result, out or folder / "attacks", tag, dataset=ds.fingerprint,
+                           classifier_sha256=clf_cfg["weights_sha256"], split=split, seed=seed)
     s_ = result["summary"]
     t = Table("class", "n", "success", "mean eps", "mean Linf", "mean L2")
     for c, v in s_["per_class"].items():
@@ -714,6 +746,7 @@ def table_check(path: Path = typer.Argument(..., help="eps_table.json or .csv"),
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``calib`` command: one line and exit 2 for any user error."""
     command = typer.main.get_command(app)
+    _RUN_DIRS.clear()
     try:
         command.main(args=argv, prog_name="calib", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -730,7 +763,41 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug, reported as one
+        return _internal_error(exc)
     return 0
+
+
+def _internal_error(exc: BaseException) -> int:
+    """Exit status 3: one line, the traceback in RUN/logs/ (or a temporary file), how to report it."""
+    import tempfile
+    import time
+    import traceback
+
+    from calib.io import versions
+
+    text = "".join(traceback.format_exception(exc))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    doc = f"calib internal error, {stamp}\nargv: {sys.argv}\nversions: {versions()}\n\n{text}"
+    path = None
+    run_dir = _RUN_DIRS[-1] if _RUN_DIRS else None
+    if run_dir is not None and run_dir.is_dir():
+        try:
+            (run_dir / "logs").mkdir(exist_ok=True)
+            path = run_dir / "logs" / f"internal-error-{stamp}.txt"
+            path.write_text(doc, encoding="utf-8")
+        except OSError:
+            path = None
+    if path is None:
+        with tempfile.NamedTemporaryFile("w", prefix="calib-internal-error-", suffix=".txt", delete=False,
+                                         encoding="utf-8") as f:
+            f.write(doc)
+            path = Path(f.name)
+    line = " ".join(str(exc).split()) or type(exc).__name__
+    err_console.print(f"internal error: {type(exc).__name__}: {line}", markup=False, highlight=False, soft_wrap=True)
+    err_console.print(f"this is a bug in calib, not in your input; the traceback is in {path}; please report it "
+                      "with that file", markup=False, highlight=False, soft_wrap=True)
+    return 3
 
 
 if __name__ == "__main__":

@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from calib.errors import CalibError
+from calib.errors import InternalError
 
 NORM_ORDERS = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}
 
 
-class ConstraintViolation(CalibError, AssertionError):
-    """An attack returned an example outside its box or its ball."""
+class ConstraintViolation(InternalError):
+    """An attack returned an example outside its box or its ball, or a certificate was beaten: a bug."""
 
 
 def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor, norm: str) -> torch.Tensor:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -21,12 +23,12 @@ import numpy as np
 from calib.budgets import Policy, geometric_table, load_table
 from calib.data import Dataset, Splits, load_dataset, split_dataset
 from calib.data.split import stratified_indices
-from calib.io import to_jsonable, write_json, write_npz
+from calib.io import to_jsonable, versions, write_json, write_npz
 from calib.judges import MODEL_OF
 from calib.models import load_model
-from calib.models.artefact import versions
 from calib.pipeline.cache import StageCache, StageRecord, source_hash
 from calib.pipeline.config import AttackConfig, RunConfig
+from calib.pipeline.lock import RunLock
 from calib.pipeline.stages import run_judge, semantic_radii, semantic_table, stats_stage
 from calib.stats import Stats, StatsConfig
 from calib.train import TrainConfig, train_classifier, train_embedding
@@ -86,17 +88,33 @@ def attack_plan(cfg: AttackConfig) -> list[dict[str, Any]]:
     return plan
 
 
-def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], None] | None = None
-        ) -> dict[str, Any]:
-    """Run (or resume) the whole pipeline; returns the summary also written to ``summary.json``."""
-    from calib.device import resolve_device
+def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], None] | None = None,
+        fresh: bool = False) -> dict[str, Any]:
+    """Run (or resume) the whole pipeline; returns the summary also written to ``summary.json``.
 
+    The run folder is locked for the whole run (:class:`~calib.pipeline.lock.RunLock`): a second writer
+    fails at once with :class:`~calib.pipeline.lock.RunFolderLocked`. ``fresh`` forgets every cached
+    stage (once the lock is held) and recomputes everything.
+    """
     t0 = time.perf_counter()
     out = config.run_dir()
+    with RunLock(out, "calib run"):  # another writer: fail at once, before loading anything
+        pass
     ds = load_dataset(config.dataset, config.data_dir, download=config.download)
     human, held = _human_sets(config, ds)
     splits = split_dataset(ds, seed=config.seed, fractions=config.fractions, hold_out=held)
-    out.mkdir(parents=True, exist_ok=True)  # only once the data loaded: a bad dataset leaves nothing behind
+    # the folder is created only once the data loaded: a bad dataset leaves nothing behind
+    with RunLock(out, "calib run", create=True):
+        if fresh and (out / "cache").exists():
+            shutil.rmtree(out / "cache")
+        return _run_stages(config, out, ds, splits, human, on_stage, t0)
+
+
+def _run_stages(config: RunConfig, out: Path, ds: Dataset, splits: Splits, human: list[Any],
+                on_stage: Callable[[str, str, StageRecord | None], None] | None, t0: float) -> dict[str, Any]:
+    """Every stage of :func:`run`, in order, with the run folder locked."""
+    from calib.device import resolve_device
+
     cache = StageCache(out, on_stage)
     data_key = {"dataset": ds.fingerprint, "split_seed": config.seed, "fractions": list(config.fractions),
                 **{p: getattr(splits, p).fingerprint for p in ("train", "calibration", "test")}}
