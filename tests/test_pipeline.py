@@ -269,3 +269,53 @@ def test_run_with_other_judges(tiny_run, tmp_path):
         tiny(out, semantic_bound="certified")
     with pytest.raises(ConfigError, match="unknown judge"):
         tiny(out, judge=JudgeConfig(name="people"))
+
+def test_code_hash_follows_imports_but_not_type_checking(tmp_path, monkeypatch):
+    from calib.pipeline import cache as pc
+
+    pkg = tmp_path / "fakepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from fakepkg import c\n\n\n"
+                              "def f():\n    from .b import g  # inside a function: still code a runs\n    return g()\n")
+    (pkg / "b.py").write_text("def g():\n    return 1\n")
+    (pkg / "c.py").write_text("X = 1\n")
+    (pkg / "d.py").write_text("import fakepkg.a\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert pc.code_modules("fakepkg.a", prefix="fakepkg") == ["fakepkg.a", "fakepkg.b"]
+    assert pc.code_modules("fakepkg.d", prefix="fakepkg") == ["fakepkg.a", "fakepkg.b", "fakepkg.d"]
+    h = pc.code_hash("fakepkg.a", prefix="fakepkg")
+    (pkg / "c.py").write_text("X = 2\n")  # only under TYPE_CHECKING: not run
+    assert pc.code_hash("fakepkg.a", prefix="fakepkg") == h
+    (pkg / "b.py").write_text("def g():\n    return 2\n")  # imported (transitively for d): run
+    assert pc.code_hash("fakepkg.a", prefix="fakepkg") != h
+
+    def one():
+        return 1
+
+    def two():
+        return 2
+
+    assert pc.code_hash(one) != pc.code_hash(two)  # a stage's own compute function counts too
+
+
+@pytest.mark.parametrize("module, recomputed", [
+    ("calib.stats.pairwise", {"stats", "budgets", "report"}),
+    ("calib.audit.perceptibility", {"budgets", "audit-pgd-global-linf", "audit-pgd-table-linf",
+                                    "audit-embedding-pgd-linf", "probe", "report"}),
+])
+def test_editing_code_recomputes_its_stages_and_what_depends_on_them_only(tiny_run, tmp_path, monkeypatch, module,
+                                                                         recomputed):
+    """No version to bump: a stage's key hashes the code it runs (its calib imports, transitively)."""
+    import shutil
+
+    from calib.pipeline import cache as pc
+
+    out, first = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    target, real = pc._module_file(module), pc._read_source
+    monkeypatch.setattr(pc, "_read_source", lambda p: real(p) + (b"\n# edited\n" if p == target else b""))
+    again = run(tiny(copy))
+    assert {k for k, s in again["stages"].items() if not s["reused"]} == recomputed
+    assert again["stages"].keys() == first["stages"].keys()

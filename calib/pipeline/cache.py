@@ -1,14 +1,19 @@
 """Stage cache of a run folder: a stage is redone only when its inputs changed or its outputs are gone.
 
 Each finished stage writes ``cache/<stage>.json`` *after* its outputs (all written atomically):
-the stage's key (sha256 of its inputs: options, upstream artefact hashes, the code's stage version),
+the stage's key (sha256 of its inputs: options, upstream artefact hashes, and the hash of the code it
+runs: :func:`code_hash`),
 the sha256 of every output file and a small JSON ``info`` (metrics, timings) downstream stages and
 the report read. An interrupted run leaves no manifest for the stage it was in, so re-running
 resumes there; a changed option changes the key of the stages that depend on it, and only those.
 """
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
+import inspect
 import json
 import logging
 import time
@@ -29,19 +34,78 @@ def stage_key(stage: str, inputs: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def source_hash(*packages: str) -> str:
-    """sha256 of the Python sources of ``packages`` (e.g. ``"calib.report"``): cheap stages put it
-    in their key, so editing their code recomputes them."""
-    import importlib
+def _is_type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
+
+@functools.lru_cache(maxsize=None)
+def _module_file(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # "calib.io.versions": an attribute, not a module
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin and spec.origin.endswith(".py") else None
+
+
+def _read_source(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+@functools.lru_cache(maxsize=None)
+def _imports_of(name: str, prefix: str) -> tuple[str, ...]:
+    """The ``prefix`` modules that module ``name`` imports anywhere (functions included), except under
+    ``if TYPE_CHECKING:``."""
+    path = _module_file(name)
+    if path is None:
+        return ()
+    tree = ast.parse(_read_source(path), str(path))
+    skip = {id(n) for node in ast.walk(tree) if _is_type_checking(node) for b in node.body for n in ast.walk(b)}
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return tuple(sorted(m for m in found if (m == prefix or m.startswith(prefix + ".")) and m != name
+                        and _module_file(m) is not None))
+
+
+def code_modules(*names: str, prefix: str = "calib") -> list[str]:
+    """``names`` and every ``prefix`` module they import, transitively (sorted)."""
+    seen: set[str] = set()
+    todo = [n for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen or _module_file(name) is None:
+            continue
+        seen.add(name)
+        todo.extend(_imports_of(name, prefix))
+    return sorted(seen)
+
+
+def code_hash(*roots: str | Callable[..., Any], prefix: str = "calib") -> str:
+    """sha256 of the code a stage runs, for its cache key: for a module name, the module's source and
+    that of every ``prefix`` module it imports, transitively; for a function (a stage's compute
+    closure), its own source. Editing any of it recomputes the stage, with no version to bump."""
     h = hashlib.sha256()
-    for name in packages:
-        mod = importlib.import_module(name)
-        files = sorted(Path(mod.__file__).parent.glob("*.py")) if mod.__file__.endswith("__init__.py") \
-            else [Path(mod.__file__)]
-        for f in files:
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
+    for name in code_modules(*[r for r in roots if isinstance(r, str)], prefix=prefix):
+        h.update(name.encode() + b"\0" + _read_source(_module_file(name)) + b"\0")
+    for fn in (r for r in roots if not isinstance(r, str)):
+        try:
+            src = inspect.getsource(fn).encode()
+        except (OSError, TypeError):  # no source (e.g. a builtin): its bytecode
+            src = getattr(getattr(fn, "__code__", None), "co_code", repr(fn).encode())
+        h.update(src + b"\0")
     return h.hexdigest()
 
 
@@ -91,10 +155,15 @@ class StageCache:
                 return None
         return doc
 
-    def run(self, stage: str, inputs: dict[str, Any], outputs: list[str], compute: Callable[[], dict[str, Any]]
-            ) -> StageRecord:
+    def run(self, stage: str, inputs: dict[str, Any], outputs: list[str], compute: Callable[[], dict[str, Any]],
+            code: tuple[str | Callable[..., Any], ...] = ()) -> StageRecord:
         """Reuse ``stage`` if its key and outputs match, else run ``compute()`` (which writes
-        ``outputs`` and returns the stage's JSON ``info``) and record it."""
+        ``outputs`` and returns the stage's JSON ``info``) and record it.
+
+        The key covers ``inputs`` and the code: ``compute``'s own source and ``code`` (module names,
+        hashed with every calib module they import, and functions), see :func:`code_hash`.
+        """
+        inputs = {**inputs, "code": code_hash(compute, *code)}
         key = stage_key(stage, inputs)
         doc = self.lookup(stage, key)
         if doc is not None:

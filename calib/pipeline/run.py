@@ -26,21 +26,23 @@ from calib.data.split import stratified_indices
 from calib.io import to_jsonable, versions, write_json, write_npz
 from calib.judges import MODEL_OF
 from calib.models import load_model
-from calib.pipeline.cache import StageCache, StageRecord, source_hash
+from calib.pipeline.cache import StageCache, StageRecord
 from calib.pipeline.config import AttackConfig, RunConfig
 from calib.pipeline.lock import RunLock
-from calib.pipeline.stages import run_judge, semantic_radii, semantic_table, stats_stage
+from calib.pipeline.stages import (check_model_data, query_part, run_judge, semantic_radii, semantic_table,
+                                   stats_stage)
 from calib.stats import Stats, StatsConfig
 from calib.train import TrainConfig, train_classifier, train_embedding
 
 log = logging.getLogger(__name__)
 
-# bump a stage's version when its code changes what it writes: cached results are then recomputed
-# (the semantic, budgets, audit and report stages hash their code instead)
-STAGE_VERSIONS = {"classifier": 1, "embedding": 1, "embedding2": 2, "robust-embedding": 1,
-                  "lipschitz-embedding": 1, "stats": 1, "attack": 1, "probe": 2, "projection": 1}
-#: code whose edits recompute the judge-dependent stages
-JUDGE_CODE = ("calib.judges", "calib.budgets", "calib.budgets.semantic", "calib.attacks")
+# the code each kind of stage runs (besides its own compute function): module names are hashed with
+# every calib module they import, functions by their source (calib.pipeline.cache.code_hash)
+JUDGE_CODE = ("calib.judges", run_judge)
+MODEL_CODE = {"classifier": ("calib.train.classifier",), "embedding": ("calib.train.embedding",),
+              "embedding2": ("calib.train.embedding", "calib.data.split"),  # and second_split
+              "robust-embedding": ("calib.train.embedding", "calib.train.adversarial"),
+              "lipschitz-embedding": ("calib.train.embedding", "calib.models.lipschitz")}
 
 
 def _model_outputs(stem: str) -> list[str]:
@@ -134,10 +136,11 @@ def _run_stages(config: RunConfig, out: Path, ds: Dataset, splits: Splits, human
         s.save(out)
         return {"seconds": s.meta["seconds"]}
 
-    cache.run("stats", {"v": STAGE_VERSIONS["stats"], "data": data_key,
+    cache.run("stats", {"data": data_key,
                         "config": asdict(dataclasses.replace(stats_config, use_gpu=False)),
                         "embedding": emb.info["weights_sha256"], "classifier": clf.info["weights_sha256"]},
-              ["stats.json", "stats.npz"], do_stats)
+              ["stats.json", "stats.npz"], do_stats,
+              code=("calib.stats", "calib.models", "calib.train.embedding", stats_stage, check_model_data))
     semantic = _semantic_stages(config, cache, ds, splits, data_key, models, device)
     validation = _validation_stage(config, cache, ds, splits, human, device) if human else None
     policy = Policy(q=config.q, s=config.s, rule=config.rule)
@@ -162,13 +165,14 @@ def _run_stages(config: RunConfig, out: Path, ds: Dataset, splits: Splits, human
                          per_sample_arrays(stats, policy, config.pair, radii, config.semantic_bound), meta)
         return {}
 
-    cache.run("budgets", {"code": source_hash(*JUDGE_CODE, "calib.human"), "stats": cache.output_hash("stats.npz"),
+    cache.run("budgets", {"stats": cache.output_hash("stats.npz"),
                           "stats_json": cache.output_hash("stats.json"), "policy": asdict(policy),
                           "pair": config.pair, "judge": config.judge.name if config.semantic else None,
                           "bound": config.semantic_bound,
                           "semantic": semantic.get(config.judge.name).key if config.semantic else None,
                           "human": _human_inputs(out)},
-              ["eps_table.json", "eps_table.csv", "per_sample_eps.npz"], do_budgets)
+              ["eps_table.json", "eps_table.csv", "per_sample_eps.npz"], do_budgets,
+              code=("calib.budgets", "calib.human.table", semantic_table))
     table_hash = cache.output_hash("eps_table.json")  # provenance; the attacks key on the budgets they use
 
     # ---- attacks and audit -------------------------------------------------------------------------
@@ -189,9 +193,8 @@ def _run_stages(config: RunConfig, out: Path, ds: Dataset, splits: Splits, human
                          context={"run": asdict(config), "versions": versions()})
             return {}
 
-        report = cache.run("report", {"code": source_hash("calib.report"), "stages": stages_so_far,
-                                      "gallery_per_class": config.gallery_per_class},
-                           ["report.html"], do_report)
+        report = cache.run("report", {"stages": stages_so_far, "gallery_per_class": config.gallery_per_class},
+                           ["report.html"], do_report, code=("calib.report",))
 
     summary = {
         "run": asdict(config),
@@ -251,13 +254,14 @@ def _validation_stage(config: RunConfig, cache: StageCache, ds: Dataset, splits:
         return {name: {k: v["all"][k] for k in ("n", "balanced_accuracy", "auc")} for name, v in doc["judges"].items()}
 
     files = sorted({p for s in sets for p in (s.path,)})
-    return cache.run("validation", {"code": source_hash("calib.human", *JUDGE_CODE), "seed": config.seed,
+    return cache.run("validation", {"seed": config.seed,
                                     "sets": {f: sha256_file(f) for f in files},
                                     "judges": judges,
                                     "models": {s: _weights_hash(out, s) for s in _stems(config, judges)},
                                     "k": config.judge.k, "rule": config.judge.rule,
                                     "members": list(config.judge.members)},
-                     ["validation/validation.json", "validation/validation.npz"], do)
+                     ["validation/validation.json", "validation/validation.npz"], do,
+                     code=("calib.human", "calib.pipeline.context", *JUDGE_CODE))
 
 
 def _stems(config: RunConfig, judges: list[str]) -> list[str]:
@@ -292,6 +296,7 @@ def _train_models(config: RunConfig, cache: StageCache, ds: Dataset, splits: Spl
         splits.train, t, validation=splits.calibration, test=splits.test, split_seed=config.seed))
     plans["embedding"] = (emb_train, emb_opts, lambda t: train_embedding(
         splits.train, t, test=splits.test, split_seed=config.seed, **emb_opts))
+    extra_code: tuple[Callable[..., Any], ...] = ()
     needed = set(config.judge.models()) if config.semantic is not None or config.attack is not None else set()
     if "embedding2" in needed:
         seed2 = config.seed + 1
@@ -303,6 +308,7 @@ def _train_models(config: RunConfig, cache: StageCache, ds: Dataset, splits: Spl
             return m
 
         plans["embedding2"] = (dataclasses.replace(emb_train, seed=seed2), emb_opts, train2)
+        extra_code = (second_split,)
     if "robust-embedding" in needed:
         mix = config.robust_embedding.mix()
         plans["robust-embedding"] = (emb_train, {**emb_opts, "robust": mix.describe()}, lambda t: train_embedding(
@@ -320,8 +326,9 @@ def _train_models(config: RunConfig, cache: StageCache, ds: Dataset, splits: Spl
             return {"metrics": m.metrics, "weights_sha256": m.save(out / stem)["weights_sha256"],
                     "training_seconds": m.training["seconds"]}
 
-        records[stem] = cache.run(stem, {"v": STAGE_VERSIONS[stem], "data": data_key, "train": _train_key(tcfg),
-                                         **opts}, _model_outputs(stem), do)
+        records[stem] = cache.run(stem, {"data": data_key, "train": _train_key(tcfg), **opts},
+                                  _model_outputs(stem), do,
+                                  code=(*MODEL_CODE[stem], trainer, *(extra_code if stem == "embedding2" else ())))
     return records
 
 
@@ -356,9 +363,10 @@ def _semantic_stages(config: RunConfig, cache: StageCache, ds: Dataset, splits: 
             return to_jsonable(info)
 
         records[name] = cache.run(f"semantic-{name}", {
-            "code": source_hash(*JUDGE_CODE), "data": data_key, "judge": _judge_key(config, name, models),
+            "data": data_key, "judge": _judge_key(config, name, models),
             "semantic": asdict(config.semantic), "pair": config.pair, "seed": config.seed},
-            [f"semantic/{name}.npz", f"semantic/{name}.json"], do)
+            [f"semantic/{name}.npz", f"semantic/{name}.json"], do,
+            code=("calib.budgets.semantic", semantic_radii, query_part, *JUDGE_CODE))
     return records
 
 
@@ -401,7 +409,7 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
         uses_table = spec.eps is None
         budget_key = (_eps_key(table, "embedding", "l2") if spec.attack == "embedding-pgd" else
                       _eps_key(table, "input", spec.norm)) if uses_table else None
-        a_inputs = {"v": STAGE_VERSIONS["attack"], "test": data_key["test"], "selection": sel.tolist(),
+        a_inputs = {"test": data_key["test"], "selection": sel.tolist(),
                     "spec": asdict(spec), "classifier": clf.info["weights_sha256"],
                     "embedding": emb.info["weights_sha256"] if spec.attack == "embedding-pgd" else None,
                     "budgets": budget_key}
@@ -417,7 +425,8 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
             s = res["summary"]
             return {"success_rate": s["success_rate"], "seconds": s["seconds"], "projection": s["projection"]}
 
-        att = cache.run(f"attack-{name}", a_inputs, [f"attacks/{name}.npz", f"attacks/{name}.json"], do_attack)
+        att = cache.run(f"attack-{name}", a_inputs, [f"attacks/{name}.npz", f"attacks/{name}.json"], do_attack,
+                        code=("calib.attacks.runner", "calib.models", model))
         ball_space = item["ball_space"]
 
         def do_audit(name=name, ball_space=ball_space, spec=spec) -> dict[str, Any]:
@@ -437,9 +446,9 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
         aud = cache.run(f"audit-{name}", {"attack": att.key, "attack_npz": cache.output_hash(f"attacks/{name}.npz"),
                                           "judge": judge_key, "reference": data_key["train"],
                                           "config": asdict(config.audit),
-                                          "code": source_hash("calib.audit", *JUDGE_CODE),
                                           "budgets": budget_key},
-                        [f"audit/{name}.npz", f"audit/{name}.json"], do_audit)
+                        [f"audit/{name}.npz", f"audit/{name}.json"], do_audit,
+                        code=("calib.audit", model, reference, judge, *JUDGE_CODE))
         results[name] = {"budget": item["budget"], "norm": spec.norm, **att.info, **aud.info}
     return results
 
@@ -481,10 +490,11 @@ def _probe_stage(config: RunConfig, cache: StageCache, ds: Dataset, splits: Spli
         return {"eps": p.eps, "classifier_fooled": float((arrays["pred"] != arrays["class0"]).mean()),
                 "judge_changed": float(arrays["judge_changed"].mean()), "judge": config.judge.name}
 
-    return cache.run("probe", {"v": STAGE_VERSIONS["probe"], "test": splits.test.fingerprint,
+    return cache.run("probe", {"test": splits.test.fingerprint,
                                "eps": config.attack.probe_eps, "seed": config.seed,
                                "classifier": clf.info["weights_sha256"], "judge": judge_key},
-                     ["probe.npz"], do_probe)
+                     ["probe.npz"], do_probe,
+                     code=("calib.attacks.probe", "calib.audit.audit", "calib.models", *JUDGE_CODE))
 
 
 def _projection_stage(config: RunConfig, cache: StageCache, ds: Dataset, emb: StageRecord) -> StageRecord:
@@ -500,6 +510,6 @@ def _projection_stage(config: RunConfig, cache: StageCache, ds: Dataset, emb: St
         write_npz(out / "projection.npz", {"indices": sel, "labels": ds.labels[sel], **arrays})
         return {"points": int(sel.size)}
 
-    return cache.run("projection", {"v": STAGE_VERSIONS["projection"], "data": ds.fingerprint,
-                                    "embedding": emb.info["weights_sha256"], "points": config.tsne_points,
-                                    "seed": config.seed}, ["projection.npz"], do_projection)
+    return cache.run("projection", {"data": ds.fingerprint, "embedding": emb.info["weights_sha256"],
+                                    "points": config.tsne_points, "seed": config.seed},
+                     ["projection.npz"], do_projection, code=("calib.report.projection", "calib.models"))
