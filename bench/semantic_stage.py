@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calib.attacks.objectives import EmbeddingShift
-from calib.attacks.pgd import pgd
+from calib.perturb.objectives import EmbeddingShift
+from calib.perturb.pgd import pgd
 from calib.budgets import Policy, geometric_budget
 from calib.budgets.semantic import robustness_radii, semantic_budget
 from calib.data import load_dataset, split_dataset

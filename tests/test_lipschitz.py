@@ -13,9 +13,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from calib.attacks.invariants import perturbation_norms
-from calib.attacks.objectives import EmbeddingShift
-from calib.attacks.pgd import pgd
+from calib.perturb.invariants import perturbation_norms
+from calib.perturb.objectives import EmbeddingShift
+from calib.perturb.pgd import pgd
 from calib.budgets.semantic import JudgeObjective
 from calib.errors import ArtefactError
 from calib.judges import KnnJudge

@@ -13,7 +13,8 @@ import pytest
 
 from calib.errors import ConfigError
 from calib.pipeline import StageCache, load_run_config, run, run_config_from_mapping, stage_key
-from calib.pipeline.run import attack_subset, second_split
+from calib.data.split import stratified_subset
+from calib.pipeline.run import second_split
 
 from conftest import tiny
 
@@ -130,9 +131,9 @@ def test_stage_cache_unit(tmp_path):
 
 def test_attack_subset_and_second_split(digits, digits_splits):
     y = digits_splits.test.labels
-    sel = attack_subset(y, 50, 0)
+    sel = stratified_subset(y, 50, 0)
     assert len(sel) in range(45, 56) and np.array_equal(sel, np.sort(sel))
-    assert np.array_equal(attack_subset(y, 50, 0), sel) and np.array_equal(attack_subset(y, None, 0), np.arange(len(y)))
+    assert np.array_equal(stratified_subset(y, 50, 0), sel) and np.array_equal(stratified_subset(y, None, 0), np.arange(len(y)))
     tr2, va2 = second_split(digits, digits_splits, 1)
     assert not set(tr2.indices) & set(digits_splits.test.indices)
     assert set(tr2.indices) != set(digits_splits.train.indices)

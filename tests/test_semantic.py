@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from calib.attacks.invariants import ConstraintViolation, perturbation_norms
+from calib.perturb.invariants import ConstraintViolation, perturbation_norms
 from calib.budgets import EpsTableError, final_table, geometric_table
 from calib.budgets.per_sample import PerSampleError, load_per_sample, per_sample_arrays, write_per_sample
 from calib.budgets.semantic import Radii, class_quantile, load_radii, robustness_radii, save_radii, semantic_budget

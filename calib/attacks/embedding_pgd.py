@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from calib.attacks.invariants import ConstraintViolation, check_ball
-from calib.attacks.norms import get_norm
-from calib.attacks.objectives import ClassifierLoss
-from calib.attacks.pgd import AttackResult, eval_mode, pgd, resolve_eps
+from calib.perturb.invariants import ConstraintViolation, check_ball
+from calib.perturb.norms import get_norm
+from calib.perturb.objectives import ClassifierLoss
+from calib.perturb.pgd import AttackResult, eval_mode, pgd, resolve_eps
 from calib.errors import ConfigError
 
 METHODS = ("bisection", "newton")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from calib.attacks.invariants import check_ball, perturbation_norms
+from calib.perturb.invariants import check_ball, perturbation_norms
 
 
 @dataclass

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from calib.attacks.embedding_pgd import embedding_pgd
-from calib.attacks.invariants import perturbation_norms
-from calib.attacks.objectives import ClassifierLoss, EmbeddingShift
-from calib.attacks.pgd import fgsm, pgd
+from calib.perturb.invariants import perturbation_norms
+from calib.perturb.objectives import ClassifierLoss, EmbeddingShift
+from calib.perturb.pgd import fgsm, pgd
 from calib.errors import ConfigError
 from calib.io import write_json, write_npz
 from calib.progress import progress

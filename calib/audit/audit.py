@@ -139,7 +139,7 @@ def judge_verdicts(judge: Any, x: np.ndarray, x_adv: np.ndarray, labels: np.ndar
     """The judge's verdicts on (N, C, H, W) images ``x_adv`` of source labels ``labels`` (clean ``x``):
     ``judge_label``, ``judge_score`` (> 0: another class), ``class_changed``, ``judge_clean`` and, for
     an ensemble, ``judge_<member>`` (each member's label)."""
-    from calib.attacks.pgd import eval_mode
+    from calib.perturb.pgd import eval_mode
 
     cols: dict[str, list[np.ndarray]] = {}
 

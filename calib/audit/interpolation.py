@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calib.attacks.invariants import perturbation_norms
+from calib.perturb.invariants import perturbation_norms
 from calib.stats.neighbours import nearest
 
 

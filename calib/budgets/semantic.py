@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from calib.attacks.invariants import ConstraintViolation, check_ball, perturbation_norms
-from calib.attacks.pgd import eval_mode, pgd
+from calib.perturb.invariants import ConstraintViolation, check_ball, perturbation_norms
+from calib.perturb.pgd import eval_mode, pgd
 from calib.errors import ConfigError, DataError
 from calib.io import read_json, to_jsonable, write_json, write_npz
 from calib.judges.base import Judge

@@ -129,3 +129,13 @@ def _hold_out(labels: np.ndarray, train: np.ndarray, cal: np.ndarray, test: np.n
             test[test == t] = h
         parts[name] = np.sort(part)
     return parts["train"], parts["calibration"], np.sort(test), tuple(int(i) for i in hold)
+
+
+def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Positions (sorted) of at most ``n`` examples, stratified by class and seeded; all if ``n`` is None
+    (the attacked test examples, the projected points)."""
+    if n is None or n >= len(labels):
+        return np.arange(len(labels))
+    frac = n / len(labels)
+    keep, _ = stratified_indices(labels, (frac, 1 - frac), seed)
+    return keep

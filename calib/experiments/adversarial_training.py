@@ -25,9 +25,9 @@ def adversarial_training(ctx: RunContext, *, alpha: float = 0.5, attack: str = "
                          global_eps: float = 0.3, epochs: int | None = None, eval_steps: int = 20,
                          n: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Train and score the three classifiers; saves ``experiments/adversarial-training.*``."""
-    from calib.attacks.objectives import ClassifierLoss
-    from calib.attacks.pgd import pgd
-    from calib.pipeline.run import attack_subset
+    from calib.perturb.objectives import ClassifierLoss
+    from calib.perturb.pgd import pgd
+    from calib.data.split import stratified_subset
     import torch
 
     t0 = time.perf_counter()
@@ -38,7 +38,7 @@ def adversarial_training(ctx: RunContext, *, alpha: float = 0.5, attack: str = "
                 "global": AdversarialMix(alpha=alpha, eps=float(global_eps), norm=norm, attack=attack),
                 "per-class": AdversarialMix(alpha=alpha, eps=table_eps, norm=norm, attack=attack)}
     test = ctx.splits.test
-    sel = attack_subset(test.labels, n, ctx.seed)
+    sel = stratified_subset(test.labels, n, ctx.seed)
     x, y = test.images[sel], test.labels[sel]
     budgets = {"global": float(global_eps), "per-class": np.asarray(table_eps)[y]}
     results, arrays = {}, {"labels": y, "indices": test.indices[sel]}

@@ -5,16 +5,15 @@ An experiment's results live in ``<run>/experiments/<name>.json`` (summary, prov
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from calib.errors import DataError
 from calib.io import to_jsonable, write_json, write_npz
 from calib.pipeline.context import RunContext, load_run
+from calib.report.experiments import load_experiments  # the report reads them; kept here for callers
 
 __all__ = ["RunContext", "load_run", "save_experiment", "load_experiments", "per_class"]
 
@@ -26,20 +25,6 @@ def save_experiment(run_dir: str | os.PathLike[str], name: str, summary: dict[st
     write_npz(folder / f"{name}.npz", arrays or {})
     write_json(folder / f"{name}.json", to_jsonable({"experiment": name, **summary}))
     return folder / f"{name}.json"
-
-
-def load_experiments(run_dir: str | os.PathLike[str]) -> dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]]:
-    """Every saved experiment of a run: name -> (summary, arrays)."""
-    out = {}
-    for p in sorted((Path(run_dir) / "experiments").glob("*.json")):
-        try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-            with np.load(p.with_suffix(".npz"), allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{p}: unreadable experiment result ({exc})") from exc
-        out[p.stem] = (doc, arrays)
-    return out
 
 
 def per_class(values: np.ndarray, labels: np.ndarray, class_names: list[str] | tuple[str, ...],

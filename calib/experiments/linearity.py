@@ -55,8 +55,8 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs: 
 def linearity(ctx: RunContext, *, sizes: tuple[int, ...] | None = None, eps: float = 0.05, epochs: int = 60,
               progress: bool = False) -> dict[str, Any]:
     """Run the experiment; saves ``experiments/linearity.*``."""
-    from calib.attacks.objectives import ClassifierLoss
-    from calib.attacks.pgd import fgsm
+    from calib.perturb.objectives import ClassifierLoss
+    from calib.perturb.pgd import fgsm
 
     t0 = time.perf_counter()
     side = ctx.dataset.image_shape[-1]

@@ -46,8 +46,8 @@ def robust_embedding(ctx: RunContext, *, alpha: float = 0.5, eps: float = 0.1, n
     from calib.budgets import Policy
     from calib.budgets.semantic import robustness_radii, semantic_budget
     from calib.judges import KnnJudge
-    from calib.attacks.objectives import EmbeddingShift
-    from calib.attacks.pgd import pgd
+    from calib.perturb.objectives import EmbeddingShift
+    from calib.perturb.pgd import pgd
 
     t0 = time.perf_counter()
     run = ctx.run_config

@@ -27,8 +27,8 @@ def transferability(ctx: RunContext, *, epochs: int | None = None, steps: int = 
                     progress: bool = False) -> dict[str, Any]:
     """Run the experiment on ``ctx``; saves ``experiments/transfer.*`` and returns the summary."""
     from calib.attacks.runner import run_attack
-    from calib.pipeline.config import AttackConfig
-    from calib.pipeline.run import attack_plan, attack_subset
+    from calib.data.split import stratified_subset
+    from calib.pipeline.config import AttackConfig, attack_plan
 
     t0 = time.perf_counter()
     seed = ctx.seed
@@ -42,7 +42,7 @@ def transferability(ctx: RunContext, *, epochs: int | None = None, steps: int = 
     f2 = train_classifier(d2, TrainConfig(epochs=epochs, seed=seed + 13, lr=2e-3, **common), test=ctx.splits.test,
                           arch="mlp", dropout=0.5).model
     test = ctx.splits.test
-    sel = attack_subset(test.labels, n, seed)
+    sel = stratified_subset(test.labels, n, seed)
     x, y = test.images[sel], test.labels[sel]
     ok1 = forward_batched(f1, x).argmax(1).numpy() == y
     ok2 = forward_batched(f2, x).argmax(1).numpy() == y

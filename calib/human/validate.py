@@ -79,6 +79,7 @@ def validate_run(ctx: Any, sets: list[HumanSet], judges: list[str] | None = None
         arrays[f"{key}__source_label"] = ds.labels[indices[s.name]]
         arrays[f"{key}__human_label"] = s.human_label
         arrays[f"{key}__x"] = s.x
+        arrays[f"{key}__x0"] = ds.images[indices[s.name]]  # the sources, for the report's gallery
     doc: dict[str, Any] = {"format": FORMAT, "sets": {}, "judges": {}, "seed": seed}
     for s in sets:
         key = _key(s.name)

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from calib.attacks.invariants import check_ball
+from calib.perturb.invariants import check_ball
 from calib.budgets.table import EpsTable
 from calib.errors import ConfigError
-from calib.attacks.pgd import eval_mode
+from calib.perturb.pgd import eval_mode
 from calib.interop.common import model_device, require
 
 NORMS = {"linf": np.inf, "l2": 2, "l1": 1}

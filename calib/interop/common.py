@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from calib.attacks.invariants import check_ball
+from calib.perturb.invariants import check_ball
 from calib.budgets.table import EpsTable
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from calib.budgets.table import EpsTable
 from calib.errors import ConfigError
-from calib.attacks.pgd import eval_mode
+from calib.perturb.pgd import eval_mode
 from calib.interop.common import as_tensors, model_device, per_class, require
 
 ATTACKS = {("pgd", "linf"): "PGD", ("pgd", "l2"): "PGDL2", ("fgsm", "linf"): "FGSM"}

@@ -286,3 +286,26 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     """Read a config file; ``overrides`` (e.g. flags given on the command line) win."""
     doc = read_config_file(path) | (overrides or {})
     return run_config_from_mapping(doc, str(path))
+
+
+def attack_plan(cfg: AttackConfig) -> list[dict[str, Any]]:
+    """The attacks of the headline: for each norm, PGD under the global eps, PGD under the table's
+    per-class eps and embedding-projected PGD (embedding ball from the table, input cap = global eps)."""
+    from calib.attacks.runner import AttackSpec
+
+    plan = []
+    for norm in cfg.norms:
+        g = float(cfg.global_eps[norm])
+        cap = float(cfg.embedding_cap) if cfg.embedding_cap is not None else g
+        step = cfg.embedding_step if cfg.embedding_step is not None else 2.5 * cap / cfg.steps
+        plan += [
+            {"name": f"pgd-global-{norm}", "budget": "global", "ball_space": "input",
+             "spec": AttackSpec(attack="pgd", norm=norm, eps=g, steps=cfg.steps, restarts=cfg.restarts)},
+            {"name": f"pgd-table-{norm}", "budget": "per-class", "ball_space": "input",
+             "spec": AttackSpec(attack="pgd", norm=norm, eps=None, steps=cfg.steps, restarts=cfg.restarts)},
+            {"name": f"embedding-pgd-{norm}", "budget": "embedding", "ball_space": "embedding",
+             "spec": AttackSpec(attack="embedding-pgd", norm=norm, eps=None, cap=cap, steps=cfg.steps,
+                                restarts=cfg.restarts, step_size=step, method=cfg.projection,
+                                newton_iters=cfg.newton_iters)},
+        ]
+    return plan

@@ -22,12 +22,12 @@ import numpy as np
 
 from calib.budgets import Policy, geometric_table, load_table
 from calib.data import Dataset, Splits, load_dataset, split_dataset
-from calib.data.split import stratified_indices
+from calib.data.split import stratified_indices, stratified_subset
 from calib.io import to_jsonable, versions, write_json, write_npz
 from calib.judges import MODEL_OF
 from calib.models import load_model
 from calib.pipeline.cache import StageCache, StageRecord
-from calib.pipeline.config import AttackConfig, RunConfig
+from calib.pipeline.config import RunConfig, attack_plan
 from calib.pipeline.lock import RunLock
 from calib.pipeline.stages import (check_model_data, query_part, run_judge, semantic_radii, semantic_table,
                                    stats_stage)
@@ -49,15 +49,6 @@ def _model_outputs(stem: str) -> list[str]:
     return [f"models/{stem}.safetensors", f"models/{stem}.json"]
 
 
-def attack_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
-    """Positions (sorted) of at most ``n`` examples, stratified by class and seeded; all if ``n`` is None."""
-    if n is None or n >= len(labels):
-        return np.arange(len(labels))
-    frac = n / len(labels)
-    keep, _ = stratified_indices(labels, (frac, 1 - frac), seed)
-    return keep
-
-
 def second_split(ds: Dataset, splits: Splits, seed: int) -> tuple[Dataset, Dataset]:
     """Training data of the independent embedding g2: the training part re-split 85/15 with
     another seed. Never the calibration part (whose radii the judges measure) nor the test part
@@ -65,29 +56,6 @@ def second_split(ds: Dataset, splits: Splits, seed: int) -> tuple[Dataset, Datas
     pool = splits.train.indices
     tr, va = stratified_indices(ds.labels[pool], (0.85, 0.15), seed)
     return ds.subset(np.sort(pool[tr]), "train2"), ds.subset(np.sort(pool[va]), "validation2")
-
-
-def attack_plan(cfg: AttackConfig) -> list[dict[str, Any]]:
-    """The attacks of the headline: for each norm, PGD under the global eps, PGD under the table's
-    per-class eps and embedding-projected PGD (embedding ball from the table, input cap = global eps)."""
-    from calib.attacks.runner import AttackSpec
-
-    plan = []
-    for norm in cfg.norms:
-        g = float(cfg.global_eps[norm])
-        cap = float(cfg.embedding_cap) if cfg.embedding_cap is not None else g
-        step = cfg.embedding_step if cfg.embedding_step is not None else 2.5 * cap / cfg.steps
-        plan += [
-            {"name": f"pgd-global-{norm}", "budget": "global", "ball_space": "input",
-             "spec": AttackSpec(attack="pgd", norm=norm, eps=g, steps=cfg.steps, restarts=cfg.restarts)},
-            {"name": f"pgd-table-{norm}", "budget": "per-class", "ball_space": "input",
-             "spec": AttackSpec(attack="pgd", norm=norm, eps=None, steps=cfg.steps, restarts=cfg.restarts)},
-            {"name": f"embedding-pgd-{norm}", "budget": "embedding", "ball_space": "embedding",
-             "spec": AttackSpec(attack="embedding-pgd", norm=norm, eps=None, cap=cap, steps=cfg.steps,
-                                restarts=cfg.restarts, step_size=step, method=cfg.projection,
-                                newton_iters=cfg.newton_iters)},
-        ]
-    return plan
 
 
 def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], None] | None = None,
@@ -380,7 +348,7 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
     models = out / "models"
     acfg = config.attack
     test = splits.test
-    sel = attack_subset(test.labels, acfg.n, config.seed)
+    sel = stratified_subset(test.labels, acfg.n, config.seed)
     x, y = test.images[sel], test.labels[sel]
     loaded: dict[str, Any] = {}
 
@@ -505,7 +473,7 @@ def _projection_stage(config: RunConfig, cache: StageCache, ds: Dataset, emb: St
         from calib.report.projection import project
 
         g = load_model(out / "models" / "embedding")[0]
-        sel = attack_subset(ds.labels, config.tsne_points, config.seed)
+        sel = stratified_subset(ds.labels, config.tsne_points, config.seed)
         arrays = project(g, ds.images[sel], seed=config.seed)
         write_npz(out / "projection.npz", {"indices": sel, "labels": ds.labels[sel], **arrays})
         return {"points": int(sel.size)}

@@ -167,7 +167,7 @@ def audit_external(ctx, x_adv: np.ndarray, indices: np.ndarray, *, norm: str = "
     Returns:
         the :class:`calib.audit.AuditResult` and the attack arrays (``x``, ``x_adv``, ...).
     """
-    from calib.attacks.invariants import perturbation_norms
+    from calib.perturb.invariants import perturbation_norms
     from calib.audit import AuditConfig, audit, build_reference
     from calib.errors import DataError
     from calib.models.infer import forward_batched

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from calib.errors import CalibError, DataError
+from calib.errors import DataError
 from calib.io import atomic_open, read_json
 from calib.report import figures as F
 from calib.report.figures import NORM_LABEL, esc
@@ -160,8 +160,7 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     order = {"global": 0, "per-class": 1, "embedding": 2}
     audits = dict(sorted(audits.items(), key=lambda kv: (kv[1].meta.get("norm", ""),
                                                         order.get(kv[1].meta.get("budget"), 9))))
-    from calib.experiments.context import load_experiments
-    from calib.report.experiments import SECTIONS as EXP_SECTIONS, TITLES as EXP_TITLES
+    from calib.report.experiments import SECTIONS as EXP_SECTIONS, TITLES as EXP_TITLES, load_experiments
 
     experiments = {k: v for k, v in load_experiments(run_dir).items() if k in EXP_SECTIONS}
     sections = list(SECTIONS) + [(f"exp-{k}", EXP_TITLES[k]) for k in experiments]
@@ -513,19 +512,11 @@ def _validation_section(run_dir: Path, names: list[str], page: "_Page", per_judg
             ch, lab = arrays[f"{key}__{judge}__changed"], arrays[f"{key}__{judge}__label"]
             wrong = np.flatnonzero((h >= 0) & (ch != (h != y)))
             for i in wrong[:per_judge - len(items)]:
-                items.append({"set": s, "index": int(arrays[f"{key}__source_index"][i]), "x": arrays[f"{key}__x"][i],
-                              "x0": None, "human": int(h[i]), "judge": int(lab[i]), "source": int(y[i])})
+                x = arrays[f"{key}__x"][i]
+                x0 = arrays[f"{key}__x0"][i] if f"{key}__x0" in arrays else np.zeros_like(x)  # (older results)
+                items.append({"set": s, "index": int(arrays[f"{key}__source_index"][i]), "x": x, "x0": x0,
+                              "human": int(h[i]), "judge": int(lab[i]), "source": int(y[i])})
         if items:
-            from calib.pipeline.context import load_run
-
-            try:
-                ds = load_run(run_dir).dataset
-                for it in items:
-                    it["x0"] = ds.images[it["index"]]
-            except CalibError as exc:  # the source images are optional: the dataset may not be on this machine
-                log.warning("disagreement gallery without source images: %s", exc)
-                for it in items:
-                    it["x0"] = np.zeros_like(it["x"])
             page.add(f"<h3>Where judge {esc(judge)} and people disagree (first {len(items)})</h3>"
                      '<p class="note">Each pair: the perturbed image people labelled, then its clean source image.</p>')
             page.figure(F.disagreement_gallery(items, names), "validation-disagreements")

@@ -1,9 +1,14 @@
 """Report sections of the background experiments (one per ``<run>/experiments/<name>.json``)."""
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 
+from calib.errors import DataError
 from calib.report.figures import _go, _img, _square_pixels, esc, palette
 
 TITLES = {"transfer": "Experiment: transferability", "adversarial-training": "Experiment: adversarial training",
@@ -165,3 +170,17 @@ def units_section(doc: dict, arrays: dict, names: list[str], page, table) -> Non
 SECTIONS: dict[str, Callable[..., None]] = {
     "transfer": transfer_section, "adversarial-training": adversarial_training_section,
     "robust-embedding": robust_embedding_section, "linearity": linearity_section, "units": units_section}
+
+
+def load_experiments(run_dir: str | os.PathLike[str]) -> dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """Every saved experiment of a run: name -> (summary, arrays)."""
+    out = {}
+    for p in sorted((Path(run_dir) / "experiments").glob("*.json")):
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+            with np.load(p.with_suffix(".npz"), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{p}: unreadable experiment result ({exc})") from exc
+        out[p.stem] = (doc, arrays)
+    return out

@@ -77,8 +77,8 @@ def _seed(generator: torch.Generator | None) -> int:
 def classifier_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mix: AdversarialMix,
                            generator: torch.Generator | None = None) -> torch.Tensor:
     """FGSM/PGD examples against ``model``'s cross-entropy (the library attacks; model in eval mode)."""
-    from calib.attacks.objectives import ClassifierLoss
-    from calib.attacks.pgd import fgsm, pgd
+    from calib.perturb.objectives import ClassifierLoss
+    from calib.perturb.pgd import fgsm, pgd
 
     eps = mix.eps_for(y)
     obj = ClassifierLoss(model, y, "ce")
@@ -90,8 +90,8 @@ def classifier_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, m
 def embedding_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mix: AdversarialMix,
                           generator: torch.Generator | None = None) -> torch.Tensor:
     """Points in the ball that maximise ``||g(x') - g(x)||`` (random start, then 1 or ``steps`` steps)."""
-    from calib.attacks.objectives import EmbeddingShift
-    from calib.attacks.pgd import pgd
+    from calib.perturb.objectives import EmbeddingShift
+    from calib.perturb.pgd import pgd
 
     steps = 1 if mix.attack == "fgsm" else mix.steps
     return pgd(EmbeddingShift(model, x), x, mix.eps_for(y), mix.norm, steps=steps,

@@ -7,7 +7,7 @@ of the objective, steepest-ascent step of size ``alpha_i = rel_step * eps_i`` (o
 ``step_size``), projection onto the ball, the box [0,1] and the projector's set. Over ``restarts``,
 each sample keeps its best iterate (successful first, then highest loss). Non-finite gradients give
 a zero step; a zero budget returns x unchanged. Every returned x' is checked against the box and
-its ball (:func:`calib.attacks.invariants.check_ball`), not assumed.
+its ball (:func:`calib.perturb.invariants.check_ball`), not assumed.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from calib.attacks.invariants import check_ball
-from calib.attacks.norms import get_norm
 from calib.errors import ConfigError
+from calib.perturb.invariants import check_ball
+from calib.perturb.norms import get_norm
 
 Projector = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -55,10 +55,8 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
 def resolve_eps(eps: Any, n: int, device: torch.device, labels: torch.Tensor | None = None,
                 space: str = "input", norm: str = "linf") -> torch.Tensor:
     """Per-sample budgets (N, 1, 1, 1) float32 from a scalar, an (N,) / (N,1,1,1) array, or an
-    :class:`~calib.budgets.EpsTable` (with ``labels``)."""
-    from calib.budgets.table import EpsTable
-
-    if isinstance(eps, EpsTable):
+    :class:`~calib.budgets.EpsTable` (anything with ``eps_for``; with ``labels``)."""
+    if hasattr(eps, "eps_for"):  # an eps table (duck-typed: this layer sits below calib.budgets)
         if labels is None:
             raise ConfigError("an eps table needs the labels to pick each sample's budget")
         e = eps.eps_for(labels.cpu(), space, norm)
@@ -83,7 +81,7 @@ def pgd(objective, x: torch.Tensor, eps: Any, norm: str = "linf", *, steps: int 
     """Maximise ``objective`` over the per-sample ball; see the module docstring.
 
     Args:
-        objective: a loss hook (:mod:`calib.attacks.objectives`): ``objective(x_adv) -> (N,)``,
+        objective: a loss hook (:mod:`calib.perturb.objectives`): ``objective(x_adv) -> (N,)``,
             ``objective.evaluate(x_adv) -> (loss (N,), success (N,) bool)`` from one forward pass,
             ``objective.modules`` (put in eval mode).
         x: clean images (N, C, H, W) in [0,1].
