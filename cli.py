@@ -334,8 +334,11 @@ def audit_cmd(run_dir: Path = typer.Argument(..., help="A run folder (from `cali
 
     _RUN_DIRS.append(run_dir)
     if adversarial is not None:
+        from calib.pipeline.stages import import_adversarial
+
         with _writing(run_dir, "calib audit --adversarial"):
-            _import_adversarial(run_dir, adversarial, name or adversarial.stem, norm)
+            n = import_adversarial(run_dir, adversarial, name or adversarial.stem, norm)
+        console.print(f"audited {n} imported examples as {name or adversarial.stem!r}; report updated")
     files = sorted((run_dir / "audit").glob("*.json"))
     if not files:
         raise DataError(f"{run_dir} has no audit/ results; run `calib run` (with attacks) first")
@@ -358,40 +361,6 @@ def audit_cmd(run_dir: Path = typer.Argument(..., help="A run folder (from `cali
         t.add_row("all", str(r["n"]), *(f"{r[f + '_rate']:.3f}" for f in
                                         ("success", "perceptible", "class_changed", "interpolated", "valid")))
         console.print(t)
-
-
-def _import_adversarial(run_dir: Path, path: Path, name: str, norm: str) -> None:
-    import re
-    import zipfile
-
-    from calib.errors import ConfigError, DataError
-    from calib.io import write_npz
-    from calib.pipeline.context import load_run
-    from calib.pipeline.stages import audit_external
-
-    if norm not in ("linf", "l2"):
-        raise ConfigError(f"--norm must be linf or l2; got {norm!r}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-        raise ConfigError(f"attack name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError as exc:
-        raise DataError(f"adversarial examples not found: {path}") from exc
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable .npz without pickled objects ({exc})") from exc
-    missing = [k for k in ("x_adv", "indices") if k not in arrays]
-    if missing:
-        raise DataError(f"{path}: missing array(s) {', '.join(missing)} (need x_adv and indices)")
-    ctx = load_run(run_dir)
-    result, att = audit_external(ctx, arrays["x_adv"], arrays["indices"], norm=norm, eps=arrays.get("eps"))
-    result.meta |= {"attack": name, "budget": "imported", "spec": {"norm": norm, "source": str(path)}}
-    write_npz(run_dir / "attacks" / f"{name}.npz", att)
-    result.save(run_dir / "audit", name, ctx.dataset.class_names)
-    from calib.report import write_report
-
-    write_report(run_dir)
-    console.print(f"audited {len(att['labels'])} imported examples as {name!r}; report updated")
 
 
 def _print_validation_summary(per_judge: dict) -> None:
@@ -649,22 +618,39 @@ def attack(run_dir: Optional[Path] = typer.Option(None, "--run", help="Run folde
                                                "(embedding-pgd: the embedding radius)."),
            table_path: Optional[Path] = typer.Option(None, "--table", help="Eps table (default RUN/eps_table.json)."),
            split: str = typer.Option("test", "--split", help="train, calibration or test."),
-           n: int = typer.Option(0, "--n", min=0, help="Attack the first N images of the split (0 = all)."),
-           steps: int = typer.Option(10, "--steps", min=1), restarts: int = typer.Option(1, "--restarts", min=1),
-           step_size: float = typer.Option(0.02, "--step-size", min=0.0, help="embedding-pgd input step."),
-           method: str = typer.Option("bisection", "--projection", help="embedding-pgd: bisection (cheap) or "
-                                      "newton (stronger, costlier)."),
-           newton_iters: int = typer.Option(1, "--newton-iters", min=1, help="embedding-pgd: Newton steps."),
+           n: int = typer.Option(0, "--n", min=0, help="Attack N images of the split, stratified by class and "
+                                 "seeded, as `calib run --attack-n` (0 = all)."),
+           steps: Optional[int] = typer.Option(None, "--steps", min=1, help="PGD steps (default: calib run's, 20)."),
+           restarts: int = typer.Option(1, "--restarts", min=1),
+           step_size: Optional[float] = typer.Option(None, "--step-size", min=0.0, help="embedding-pgd input step "
+                                                     "(default: calib run's, 2.5 * cap / steps; without --cap the "
+                                                     "cap in that rule is the global budget, 0.3 L-inf / 2.0 L2)."),
+           method: Optional[str] = typer.Option(None, "--projection", help="embedding-pgd: newton (calib run's "
+                                                "default, stronger) or bisection (cheaper)."),
+           newton_iters: Optional[int] = typer.Option(None, "--newton-iters", min=1, help="embedding-pgd: Newton "
+                                                      "steps (default: calib run's, 2)."),
            cap: Optional[float] = typer.Option(None, "--cap", help="embedding-pgd: input-norm cap."),
            out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/attacks)."),
            device: str = DeviceOpt, no_progress: bool = NoProgressOpt) -> None:
     """Attack a split with a global eps or the eps table; writes examples, outcomes and a summary."""
+    import dataclasses
+
     from calib.data import PARTS, load_dataset, split_dataset
+    from calib.data.split import stratified_subset
     from calib.device import resolve_device
     from calib.errors import ConfigError
     from calib.models import load_model
-    from calib.pipeline import check_model_data, default_run_dir
+    from calib.pipeline import AttackConfig, check_model_data, default_run_dir
+    from calib.pipeline.config import embedding_step
 
+    defaults = AttackConfig()  # the same settings as `calib run`'s attacks
+    steps = steps or defaults.steps
+    method = method or defaults.projection
+    newton_iters = newton_iters or defaults.newton_iters
+    if norm not in defaults.global_eps:
+        raise ConfigError(f"--norm must be linf or l2; got {norm!r}")
+    if step_size is None:
+        step_size = embedding_step(dataclasses.replace(defaults, steps=steps), norm, cap)
     folder = run_dir or default_run_dir(dataset, seed)
     if split not in PARTS:
         raise ConfigError(f"unknown split {split!r}; choose {', '.join(PARTS)}")
@@ -672,7 +658,8 @@ def attack(run_dir: Optional[Path] = typer.Option(None, "--run", help="Run folde
     ds = load_dataset(dataset, data_dir)
     splits = split_dataset(ds, seed=seed)
     part = getattr(splits, split)
-    images, labels = part.images[: n or None], part.labels[: n or None]
+    sel = stratified_subset(part.labels, n or None, seed)
+    images, labels = part.images[sel], part.labels[sel]
     if name == "probe":
         from calib.attacks.probe import class_mixing_probe
 

@@ -320,3 +320,24 @@ def test_editing_code_recomputes_its_stages_and_what_depends_on_them_only(tiny_r
     again = run(tiny(copy))
     assert {k for k, s in again["stages"].items() if not s["reused"]} == recomputed
     assert again["stages"].keys() == first["stages"].keys()
+
+
+def test_the_device_reaches_every_stage(tiny_run, tmp_path):
+    """`--device` (here cpu, and auto, which is cpu on a machine without CUDA) reaches every stage that
+    runs tensors, as recorded in each stage's manifest; the report and the budgets run none."""
+    import shutil
+
+    from calib.device import resolve_device
+
+    out, first = tiny_run
+    tensor_free = {"budgets", "report"}
+    expected = str(resolve_device("auto"))
+    for device in ("cpu", "auto"):
+        copy = tmp_path / device
+        shutil.copytree(out, copy)
+        shutil.rmtree(copy / "cache")  # recompute every stage on this device
+        summary = run(tiny(copy, device=device))
+        for name, stage in summary["stages"].items():
+            manifest = json.loads((copy / "cache" / f"{name}.json").read_text())
+            want = None if name in tensor_free else (expected if device == "auto" else "cpu")
+            assert manifest["device"] == stage["device"] == want, name

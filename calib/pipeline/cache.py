@@ -118,6 +118,7 @@ class StageRecord:
     reused: bool
     seconds: float
     info: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None  # where its tensors ran (when it was computed)
 
 
 class StageCache:
@@ -156,18 +157,21 @@ class StageCache:
         return doc
 
     def run(self, stage: str, inputs: dict[str, Any], outputs: list[str], compute: Callable[[], dict[str, Any]],
-            code: tuple[str | Callable[..., Any], ...] = ()) -> StageRecord:
+            code: tuple[str | Callable[..., Any], ...] = (), device: str | None = None) -> StageRecord:
         """Reuse ``stage`` if its key and outputs match, else run ``compute()`` (which writes
         ``outputs`` and returns the stage's JSON ``info``) and record it.
 
         The key covers ``inputs`` and the code: ``compute``'s own source and ``code`` (module names,
-        hashed with every calib module they import, and functions), see :func:`code_hash`.
+        hashed with every calib module they import, and functions), see :func:`code_hash`. ``device``:
+        where the stage's tensors ran (recorded in the manifest; provenance, not part of the key;
+        ``None`` for stages without tensor work).
         """
         inputs = {**inputs, "code": code_hash(compute, *code)}
         key = stage_key(stage, inputs)
         doc = self.lookup(stage, key)
         if doc is not None:
-            rec = StageRecord(stage, key, True, float(doc.get("seconds", 0.0)), doc.get("info") or {})
+            rec = StageRecord(stage, key, True, float(doc.get("seconds", 0.0)), doc.get("info") or {},
+                              doc.get("device"))
             self.records.append(rec)
             self.on_stage(stage, "reused", rec)
             return rec
@@ -180,10 +184,10 @@ class StageCache:
         if missing:
             raise RuntimeError(f"stage {stage} did not write {missing}")
         write_json(self.manifest_path(stage), to_jsonable({
-            "format": FORMAT, "stage": stage, "key": key, "inputs": inputs, "seconds": seconds,
+            "format": FORMAT, "stage": stage, "key": key, "inputs": inputs, "seconds": seconds, "device": device,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "outputs": {o: sha256_file(self.root / o) for o in outputs}, "info": info}))
-        rec = StageRecord(stage, key, False, seconds, info)
+        rec = StageRecord(stage, key, False, seconds, info, device)
         self.records.append(rec)
         self.on_stage(stage, "done", rec)
         return rec

@@ -288,6 +288,16 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     return run_config_from_mapping(doc, str(path))
 
 
+def embedding_step(cfg: AttackConfig, norm: str, cap: float | None = None) -> float:
+    """The input step of embedding-projected PGD: ``cfg.embedding_step`` or ``2.5 * cap / steps``, the cap
+    being ``cap``, else ``cfg.embedding_cap``, else the global budget of ``norm``. Shared by ``calib run``
+    and ``calib attack``."""
+    if cfg.embedding_step is not None:
+        return float(cfg.embedding_step)
+    cap = cap if cap is not None else (cfg.embedding_cap if cfg.embedding_cap is not None else cfg.global_eps[norm])
+    return 2.5 * float(cap) / cfg.steps
+
+
 def attack_plan(cfg: AttackConfig) -> list[dict[str, Any]]:
     """The attacks of the headline: for each norm, PGD under the global eps, PGD under the table's
     per-class eps and embedding-projected PGD (embedding ball from the table, input cap = global eps)."""
@@ -297,7 +307,7 @@ def attack_plan(cfg: AttackConfig) -> list[dict[str, Any]]:
     for norm in cfg.norms:
         g = float(cfg.global_eps[norm])
         cap = float(cfg.embedding_cap) if cfg.embedding_cap is not None else g
-        step = cfg.embedding_step if cfg.embedding_step is not None else 2.5 * cap / cfg.steps
+        step = embedding_step(cfg, norm)
         plan += [
             {"name": f"pgd-global-{norm}", "budget": "global", "ball_space": "input",
              "spec": AttackSpec(attack="pgd", norm=norm, eps=g, steps=cfg.steps, restarts=cfg.restarts)},

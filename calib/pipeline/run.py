@@ -90,7 +90,7 @@ def _run_stages(config: RunConfig, out: Path, ds: Dataset, splits: Splits, human
                 **{p: getattr(splits, p).fingerprint for p in ("train", "calibration", "test")}}
     device = str(resolve_device(config.device))
 
-    models = _train_models(config, cache, ds, splits, data_key)
+    models = _train_models(config, cache, ds, splits, data_key, device)
     clf, emb = models["classifier"], models["embedding"]
 
     # ---- statistics, judges' radii and budgets --------------------------------------------------------
@@ -108,7 +108,8 @@ def _run_stages(config: RunConfig, out: Path, ds: Dataset, splits: Splits, human
                         "config": asdict(dataclasses.replace(stats_config, use_gpu=False)),
                         "embedding": emb.info["weights_sha256"], "classifier": clf.info["weights_sha256"]},
               ["stats.json", "stats.npz"], do_stats,
-              code=("calib.stats", "calib.models", "calib.train.embedding", stats_stage, check_model_data))
+              code=("calib.stats", "calib.models", "calib.train.embedding", stats_stage, check_model_data),
+              device=device)
     semantic = _semantic_stages(config, cache, ds, splits, data_key, models, device)
     validation = _validation_stage(config, cache, ds, splits, human, device) if human else None
     policy = Policy(q=config.q, s=config.s, rule=config.rule)
@@ -149,7 +150,7 @@ def _run_stages(config: RunConfig, out: Path, ds: Dataset, splits: Splits, human
     if config.attack is not None:
         attacks = _attacks_and_audit(config, cache, ds, splits, data_key, clf, emb, table_hash, judge_key, device)
         _probe_stage(config, cache, ds, splits, clf, judge_key, device)
-    _projection_stage(config, cache, ds, emb)
+    _projection_stage(config, cache, ds, emb, device)
 
     stages_so_far = {r.name: r.key for r in cache.records}
     report = None
@@ -171,7 +172,8 @@ def _run_stages(config: RunConfig, out: Path, ds: Dataset, splits: Splits, human
         "models": {stem: rec.info for stem, rec in models.items()},
         "judge": config.judge.name,
         "semantic": {name: rec.info for name, rec in semantic.items()},
-        "stages": {r.name: {"reused": r.reused, "seconds": r.seconds, "key": r.key} for r in cache.records},
+        "stages": {r.name: {"reused": r.reused, "seconds": r.seconds, "key": r.key, "device": r.device}
+                   for r in cache.records},
         "attacks": attacks,
         "validation": validation.info if validation else None,
         "eps_table": str(out / "eps_table.json"),
@@ -229,7 +231,7 @@ def _validation_stage(config: RunConfig, cache: StageCache, ds: Dataset, splits:
                                     "k": config.judge.k, "rule": config.judge.rule,
                                     "members": list(config.judge.members)},
                      ["validation/validation.json", "validation/validation.npz"], do,
-                     code=("calib.human", "calib.pipeline.context", *JUDGE_CODE))
+                     code=("calib.human", "calib.pipeline.context", *JUDGE_CODE), device=device)
 
 
 def _stems(config: RunConfig, judges: list[str]) -> list[str]:
@@ -248,11 +250,11 @@ def _train_key(cfg: TrainConfig) -> dict[str, Any]:
     return d
 
 
-def _train_models(config: RunConfig, cache: StageCache, ds: Dataset, splits: Splits, data_key: dict
-                  ) -> dict[str, StageRecord]:
+def _train_models(config: RunConfig, cache: StageCache, ds: Dataset, splits: Splits, data_key: dict,
+                  device: str) -> dict[str, StageRecord]:
     """Train (or reuse) f, g and every model the measured judges need; stem -> stage record."""
     out = cache.root / "models"
-    common = {"device": config.device, "progress": config.progress}
+    common = {"device": device, "progress": config.progress}
     emb_opts = {"dim": config.embedding_dim, "margin": config.margin, "miner": config.miner}
     emb_train = TrainConfig(epochs=config.embedding_epochs, seed=config.seed, augment=tuple(config.embedding_augment),
                             **common)
@@ -296,7 +298,8 @@ def _train_models(config: RunConfig, cache: StageCache, ds: Dataset, splits: Spl
 
         records[stem] = cache.run(stem, {"data": data_key, "train": _train_key(tcfg), **opts},
                                   _model_outputs(stem), do,
-                                  code=(*MODEL_CODE[stem], trainer, *(extra_code if stem == "embedding2" else ())))
+                                  code=(*MODEL_CODE[stem], trainer, *(extra_code if stem == "embedding2" else ())),
+                                  device=device)
     return records
 
 
@@ -334,7 +337,7 @@ def _semantic_stages(config: RunConfig, cache: StageCache, ds: Dataset, splits: 
             "data": data_key, "judge": _judge_key(config, name, models),
             "semantic": asdict(config.semantic), "pair": config.pair, "seed": config.seed},
             [f"semantic/{name}.npz", f"semantic/{name}.json"], do,
-            code=("calib.budgets.semantic", semantic_radii, query_part, *JUDGE_CODE))
+            code=("calib.budgets.semantic", semantic_radii, query_part, *JUDGE_CODE), device=device)
     return records
 
 
@@ -394,7 +397,7 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
             return {"success_rate": s["success_rate"], "seconds": s["seconds"], "projection": s["projection"]}
 
         att = cache.run(f"attack-{name}", a_inputs, [f"attacks/{name}.npz", f"attacks/{name}.json"], do_attack,
-                        code=("calib.attacks.runner", "calib.models", model))
+                        code=("calib.attacks.runner", "calib.models", model), device=device)
         ball_space = item["ball_space"]
 
         def do_audit(name=name, ball_space=ball_space, spec=spec) -> dict[str, Any]:
@@ -416,7 +419,7 @@ def _attacks_and_audit(config: RunConfig, cache: StageCache, ds: Dataset, splits
                                           "config": asdict(config.audit),
                                           "budgets": budget_key},
                         [f"audit/{name}.npz", f"audit/{name}.json"], do_audit,
-                        code=("calib.audit", model, reference, judge, *JUDGE_CODE))
+                        code=("calib.audit", model, reference, judge, *JUDGE_CODE), device=device)
         results[name] = {"budget": item["budget"], "norm": spec.norm, **att.info, **aud.info}
     return results
 
@@ -462,22 +465,24 @@ def _probe_stage(config: RunConfig, cache: StageCache, ds: Dataset, splits: Spli
                                "eps": config.attack.probe_eps, "seed": config.seed,
                                "classifier": clf.info["weights_sha256"], "judge": judge_key},
                      ["probe.npz"], do_probe,
-                     code=("calib.attacks.probe", "calib.audit.audit", "calib.models", *JUDGE_CODE))
+                     code=("calib.attacks.probe", "calib.audit.audit", "calib.models", *JUDGE_CODE), device=device)
 
 
-def _projection_stage(config: RunConfig, cache: StageCache, ds: Dataset, emb: StageRecord) -> StageRecord:
+def _projection_stage(config: RunConfig, cache: StageCache, ds: Dataset, emb: StageRecord, device: str
+                      ) -> StageRecord:
     """PCA and t-SNE of the embedding of (a seeded, stratified sample of) the whole dataset."""
     out = cache.root
 
     def do_projection() -> dict[str, Any]:
         from calib.report.projection import project
 
-        g = load_model(out / "models" / "embedding")[0]
+        g = load_model(out / "models" / "embedding", device)[0]
         sel = stratified_subset(ds.labels, config.tsne_points, config.seed)
-        arrays = project(g, ds.images[sel], seed=config.seed)
+        arrays = project(g, ds.images[sel], seed=config.seed, device=device)
         write_npz(out / "projection.npz", {"indices": sel, "labels": ds.labels[sel], **arrays})
         return {"points": int(sel.size)}
 
     return cache.run("projection", {"data": ds.fingerprint, "embedding": emb.info["weights_sha256"],
                                     "points": config.tsne_points, "seed": config.seed},
-                     ["projection.npz"], do_projection, code=("calib.report.projection", "calib.models"))
+                     ["projection.npz"], do_projection, code=("calib.report.projection", "calib.models"),
+                     device=device)

@@ -12,7 +12,7 @@ import numpy as np
 from calib.budgets import EpsTable, Policy, geometric_table
 from calib.budgets.semantic import Radii, load_radii, robustness_radii, save_radii
 from calib.data import DEFAULT_FRACTIONS, Dataset, Splits
-from calib.errors import ArtefactError, ConfigError
+from calib.errors import ArtefactError, ConfigError, DataError
 from calib.judges import Judge, JudgeConfig, build_judge
 from calib.models import load_model
 from calib.pipeline.config import SemanticConfig
@@ -169,7 +169,6 @@ def audit_external(ctx, x_adv: np.ndarray, indices: np.ndarray, *, norm: str = "
     """
     from calib.perturb.invariants import perturbation_norms
     from calib.audit import AuditConfig, audit, build_reference
-    from calib.errors import DataError
     from calib.models.infer import forward_batched
 
     ds = ctx.dataset
@@ -205,3 +204,40 @@ def audit_external(ctx, x_adv: np.ndarray, indices: np.ndarray, *, norm: str = "
     arrays = {"x": x, "x_adv": x_adv, "labels": y, "pred": pred, "eps": eps, "indices": idx,
               "success": pred != y}
     return result, arrays
+
+
+def import_adversarial(run_dir: Path, path: Path, name: str, norm: str) -> int:
+    """``calib audit RUN --adversarial PATH``: audit adversarial examples made elsewhere and add them to
+    the run (``attacks/<name>.npz``, ``audit/<name>.*``) and its report; returns how many were audited.
+
+    ``path`` is an ``.npz`` (read without pickle) with ``x_adv`` (N, C, H, W) in [0,1], ``indices`` (N,)
+    of the clean images in the dataset and optionally ``eps`` (scalar or (N,)).
+    """
+    import re
+    import zipfile
+
+    from calib.io import write_npz
+    from calib.pipeline.context import load_run
+    from calib.report import write_report
+
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"--norm must be linf or l2; got {norm!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise ConfigError(f"attack name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError as exc:
+        raise DataError(f"adversarial examples not found: {path}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz without pickled objects ({exc})") from exc
+    missing = [k for k in ("x_adv", "indices") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {', '.join(missing)} (need x_adv and indices)")
+    ctx = load_run(run_dir)
+    result, att = audit_external(ctx, arrays["x_adv"], arrays["indices"], norm=norm, eps=arrays.get("eps"))
+    result.meta |= {"attack": name, "budget": "imported", "spec": {"norm": norm, "source": str(path)}}
+    write_npz(Path(run_dir) / "attacks" / f"{name}.npz", att)
+    result.save(Path(run_dir) / "audit", name, ctx.dataset.class_names)
+    write_report(run_dir)
+    return len(att["labels"])

@@ -8,12 +8,14 @@ from torch import nn
 from calib.models.infer import forward_batched
 
 
-def project(embedding: nn.Module, images: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> dict[str, np.ndarray]:
-    """Embed (N, C, H, W) images with g and return ``embedding`` (N, d), ``pca`` (N, 2), ``tsne`` (N, 2)."""
+def project(embedding: nn.Module, images: np.ndarray, seed: int = 0, perplexity: float = 30.0,
+            device: str = "cpu") -> dict[str, np.ndarray]:
+    """Embed (N, C, H, W) images with g (on ``device``) and return ``embedding`` (N, d), ``pca`` (N, 2) and
+    ``tsne`` (N, 2) (scikit-learn, CPU)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    e = forward_batched(embedding, images).numpy().astype(np.float32)
+    e = forward_batched(embedding, images, device=device).numpy().astype(np.float32)
     pca = PCA(n_components=2, random_state=seed).fit_transform(e)
     n = len(e)
     tsne = TSNE(n_components=2, perplexity=float(min(perplexity, max(2.0, (n - 1) / 3))), init="pca",
