@@ -341,3 +341,30 @@ def test_the_device_reaches_every_stage(tiny_run, tmp_path):
             manifest = json.loads((copy / "cache" / f"{name}.json").read_text())
             want = None if name in tensor_free else (expected if device == "auto" else "cpu")
             assert manifest["device"] == stage["device"] == want, name
+
+
+def test_the_stage_graph_is_well_formed(digits, digits_splits, tmp_path):
+    """Every artefact a stage reads is written by an earlier stage, no two stages write one file, and
+    every stage's code can be hashed; the graph holds the judges' models and stages the config asks for."""
+    from calib.judges import JudgeConfig
+    from calib.pipeline.cache import code_hash
+    from calib.pipeline.run import build_stages
+    from calib.pipeline.stage import PipelineContext
+
+    cfg = tiny(tmp_path, judge=JudgeConfig(name="knn", also=("classifier", "lipschitz", "ensemble")))
+    ctx = PipelineContext(tmp_path, {"run": {}}, digits, digits_splits, None, "cpu", config=cfg,
+                          cache=StageCache(tmp_path))
+    stages = build_stages(cfg, ctx)
+    produced: set[str] = set()
+    for s in stages:
+        assert set(s.reads) <= produced, (s.name, set(s.reads) - produced)
+        assert not set(s.outputs) & produced, s.name
+        produced |= set(s.outputs)
+        assert len(code_hash(s.compute, *s.code)) == 64
+    names = [s.name for s in stages]
+    assert names == ["classifier", "embedding", "embedding2", "lipschitz-embedding", "stats", "semantic-knn",
+                     "semantic-classifier", "semantic-lipschitz", "semantic-ensemble", "budgets",
+                     "attack-pgd-global-linf", "audit-pgd-global-linf", "attack-pgd-table-linf",
+                     "audit-pgd-table-linf", "attack-embedding-pgd-linf", "audit-embedding-pgd-linf", "probe",
+                     "projection", "report"]
+    assert not any(p.exists() for p in tmp_path.iterdir())  # declaring the graph writes nothing

@@ -101,6 +101,8 @@ def code_hash(*roots: str | Callable[..., Any], prefix: str = "calib") -> str:
     for name in code_modules(*[r for r in roots if isinstance(r, str)], prefix=prefix):
         h.update(name.encode() + b"\0" + _read_source(_module_file(name)) + b"\0")
     for fn in (r for r in roots if not isinstance(r, str)):
+        while isinstance(fn, functools.partial):  # its bound arguments are the stage's options, not code
+            fn = fn.func
         try:
             src = inspect.getsource(fn).encode()
         except (OSError, TypeError):  # no source (e.g. a builtin): its bytecode
