@@ -26,6 +26,7 @@ class RunContext:
     device: str = "cpu"
     _models: dict[str, nn.Module] = field(default_factory=dict)
     _judges: dict[str, Any] = field(default_factory=dict)
+    _reference: Any = None
 
     @property
     def seed(self) -> int:
@@ -56,6 +57,16 @@ class RunContext:
             self._judges[key] = run_judge(name, self.run_dir, self.dataset, self.splits,
                                           JudgeConfig(**{**cfg.__dict__, "name": name}), self.device)
         return self._judges[key]
+
+    def reference(self) -> Any:
+        """The audit's reference set: the training part with f's and g's features (built once)."""
+        if self._reference is None:
+            from calib.audit import build_reference
+
+            tr = self.splits.train
+            self._reference = build_reference(self.model("classifier"), {"g": self.model("embedding")},
+                                              tr.images, tr.labels, self.device)
+        return self._reference
 
     def provenance(self) -> dict[str, Any]:
         from calib.io import versions

@@ -30,6 +30,7 @@ from calib.io import sha256_file, to_jsonable, versions, write_json, write_npz
 from calib.judges import MODEL_OF
 from calib.pipeline.cache import StageCache, StageRecord
 from calib.pipeline.config import RunConfig, attack_plan
+from calib.pipeline.context import RunContext
 from calib.pipeline.lock import RunLock
 from calib.pipeline.stage import PipelineContext, Stage, model_files
 from calib.pipeline.stages import (check_model_data, query_part, run_judge, semantic_radii, semantic_table,
@@ -416,7 +417,7 @@ def _attack_stages(config: RunConfig, ctx: PipelineContext, item: dict[str, Any]
                    "config": asdict(config.audit)},
                   reads=(f"attacks/{name}.npz", *_judge_reads(config, config.judge.name),
                          model_files("classifier")[0], model_files("embedding")[0]),
-                  derived=column, code=("calib.audit", PipelineContext.reference, _attacked, *JUDGE_CODE))
+                  derived=column, code=("calib.audit", RunContext.reference, _attacked, *JUDGE_CODE))
     return [attack, audit]
 
 

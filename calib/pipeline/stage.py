@@ -64,7 +64,6 @@ class PipelineContext(RunContext):
     config: RunConfig | None = None
     cache: StageCache | None = None
     records: dict[str, StageRecord] = field(default_factory=dict)
-    _reference: Any = None
 
     def eps_table(self) -> Any:
         """The run's epsilon table (reloaded after the budgets stage rewrote it)."""
@@ -73,16 +72,6 @@ class PipelineContext(RunContext):
 
             self.table = load_table(self.run_dir / "eps_table.json")
         return self.table
-
-    def reference(self) -> Any:
-        """The audit's reference set: the training part with f's and g's features (built once)."""
-        if self._reference is None:
-            from calib.audit import build_reference
-
-            tr = self.splits.train
-            self._reference = build_reference(self.model("classifier"), {"g": self.model("embedding")},
-                                              tr.images, tr.labels, self.device)
-        return self._reference
 
     def forget_models(self) -> None:
         """Drop loaded models and judges (a model stage just rewrote its weights)."""

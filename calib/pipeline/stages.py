@@ -168,7 +168,7 @@ def audit_external(ctx, x_adv: np.ndarray, indices: np.ndarray, *, norm: str = "
         the :class:`calib.audit.AuditResult` and the attack arrays (``x``, ``x_adv``, ...).
     """
     from calib.perturb.invariants import perturbation_norms
-    from calib.audit import AuditConfig, audit, build_reference
+    from calib.audit import AuditConfig, audit
     from calib.models.infer import forward_batched
 
     ds = ctx.dataset
@@ -197,8 +197,7 @@ def audit_external(ctx, x_adv: np.ndarray, indices: np.ndarray, *, norm: str = "
         eps = perturbation_norms(torch.from_numpy(x), torch.from_numpy(x_adv), norm).double().numpy()
     eps = np.broadcast_to(np.asarray(eps, np.float64), (idx.size,)).copy()
     pred = forward_batched(f, x_adv).argmax(1).numpy()
-    ref = build_reference(f, {}, ctx.splits.train.images, ctx.splits.train.labels)
-    result = audit(x, x_adv, y, pred, norm=norm, eps=eps, reference=ref, judge=judge,
+    result = audit(x, x_adv, y, pred, norm=norm, eps=eps, reference=ctx.reference(), judge=judge,
                    config=config or AuditConfig(), num_classes=ds.num_classes)
     result.arrays["indices"] = idx
     arrays = {"x": x, "x_adv": x_adv, "labels": y, "pred": pred, "eps": eps, "indices": idx,
