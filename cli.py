@@ -273,7 +273,8 @@ def experiment_cmd(name: str = typer.Argument(..., help="transfer, adversarial-t
                    run_dir: Path = typer.Option(..., "--run", help="A finished `calib run` folder."),
                    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs "
                                                         "(default: the run's)."),
-                   alpha: float = typer.Option(0.5, "--alpha", help="Clean-loss weight of the adversarial mixture."),
+                   alpha: Optional[float] = typer.Option(None, "--alpha", help="Clean-loss weight of the "
+                                                         "adversarial mixture (default 0.5)."),
                    attack: Optional[str] = typer.Option(None, "--attack", help="fgsm or pgd for adversarial "
                                                         "training (default fgsm; robust-embedding: pgd)."),
                    eps: Optional[float] = typer.Option(None, "--eps", help="robust-embedding: training radius "
@@ -281,40 +282,21 @@ def experiment_cmd(name: str = typer.Argument(..., help="transfer, adversarial-t
                    n: Optional[int] = typer.Option(None, "--n", min=1, help="Test examples (stratified); default all."),
                    no_report: bool = typer.Option(False, "--no-report", help="Do not rebuild report.html."),
                    device: str = DeviceOpt, no_progress: bool = NoProgressOpt) -> None:
-    """Run one background experiment on a run folder and add its section to the report."""
-    from calib.experiments import EXPERIMENTS
-
-    if name not in EXPERIMENTS:
-        raise typer.BadParameter(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
-    if attack is not None and attack not in ("fgsm", "pgd"):
-        raise typer.BadParameter(f"--attack must be fgsm or pgd; got {attack!r}")
-    with _writing(run_dir, f"calib experiment {name}"):
-        _experiment(name, run_dir, epochs, alpha, attack, eps, n, no_report, device, no_progress)
-
-
-def _experiment(name: str, run_dir: Path, epochs: Optional[int], alpha: float, attack: Optional[str],
-                eps: Optional[float], n: Optional[int], no_report: bool, device: str, no_progress: bool) -> None:
+    """Run one background experiment on a run folder and add its section to the report (cached: the
+    same experiment with the same options on unchanged models is reused)."""
     from calib.device import resolve_device
-    from calib.experiments import EXPERIMENTS, load_run
+    from calib.experiments.runner import experiment_options, run_experiment
 
-    ctx = load_run(run_dir, device=str(resolve_device(device)))
-    kw: dict = {"progress": not no_progress}
-    if name in ("transfer", "adversarial-training", "robust-embedding") and epochs:
-        kw["epochs"] = epochs
-    if name in ("transfer", "adversarial-training") and n:
-        kw["n"] = n
-    if name in ("adversarial-training", "robust-embedding"):
-        kw["alpha"] = alpha
-        if attack:
-            kw["attack"] = attack
-    if name in ("robust-embedding", "linearity") and eps is not None:
-        kw["eps"] = eps
-    summary = EXPERIMENTS[name](ctx, **kw)
-    console.print(f"{name}: done in {summary['seconds']:.1f} s -> {run_dir / 'experiments' / (name + '.json')}")
-    if not no_report:
-        from calib.report import write_report
+    experiment_options(name, epochs=epochs, alpha=alpha, attack=attack, eps=eps, n=n)  # refuse before locking
+    with _writing(run_dir, f"calib experiment {name}"):
+        doc, rec = run_experiment(run_dir, name, device=str(resolve_device(device)), progress=not no_progress,
+                                  epochs=epochs, alpha=alpha, attack=attack, eps=eps, n=n)
+        how = "reused (nothing it reads changed)" if rec.reused else f"done in {doc['seconds']:.1f} s"
+        console.print(f"{name}: {how} -> {run_dir / 'experiments' / (name + '.json')}")
+        if not no_report:
+            from calib.report import write_report
 
-        console.print(f"report updated: {write_report(run_dir)}")
+            console.print(f"report updated: {write_report(run_dir)}")
 
 
 @app.command("audit")

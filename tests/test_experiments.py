@@ -123,6 +123,11 @@ def test_cli_experiment(exp_run, tmp_path, capsys):
 
     out, _, _ = exp_run
     assert main(["experiment", "units", "--run", str(out), "--no-report"]) == 0
+    assert "units: done in" in capsys.readouterr().out
+    assert main(["experiment", "units", "--run", str(out), "--no-report"]) == 0  # a stage: cached
+    assert "units: reused" in capsys.readouterr().out
+    assert main(["experiment", "transfer", "--run", str(out), "--eps", "0.1"]) == 2
+    assert "experiment transfer does not take --eps" in capsys.readouterr().err
     assert main(["experiment", "nonsense", "--run", str(out)]) == 2
     assert main(["experiment", "units", "--run", str(tmp_path)]) == 2
     assert "not a finished run folder" in capsys.readouterr().err
