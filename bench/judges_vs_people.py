@@ -39,7 +39,7 @@ from calib.errors import CalibError
 from calib.human import agreement, check_sets, load_human_sets
 from calib.io import to_jsonable, write_json
 from calib.judges import EnsembleJudge, KnnJudge
-from calib.judges.ensemble import margin_scale
+from calib.judges.ensemble import clean_margins, scale_of
 from calib.pipeline.context import load_run
 from calib.train import TrainConfig, train_embedding
 from calib.train.adversarial import AdversarialMix
@@ -101,7 +101,8 @@ def main() -> None:
                                              kind="robust")
     singles = list(judges.items())
     xc, yc = torch.from_numpy(cal.images), torch.from_numpy(cal.labels)
-    scales = {n: margin_scale(j, xc, yc) for n, j in singles if " k=5" not in n}  # once per member
+    margins = {n: clean_margins(j, xc, yc) for n, j in singles if " k=5" not in n}  # once per judge
+    scales = {n: scale_of(m) for n, m in margins.items()}  # what calibrate_scales would set
     for r in (2, 3):
         for combo in itertools.combinations(list(scales), r):
             for rule in ("any", "majority") if r == 3 else ("any",):
@@ -110,13 +111,10 @@ def main() -> None:
                 judges[f"{rule}({', '.join(combo)})"] = e
     # thresholds from clean data only: "changed" below the per-class 5 % quantile of clean calibration margins
     thresholds = {}
-    for n, j in singles:
-        if " k=5" in n:
-            continue
-        with torch.no_grad():
-            m = torch.cat([j.margin(xc[i:i + 512], yc[i:i + 512]) for i in range(0, len(yc), 512)]).double().numpy()
-        thresholds[f"{n} (clean 5% margin)"] = (j, np.array([np.quantile(m[cal.labels == c], 0.05)
-                                                              for c in range(ds.num_classes)]))
+    for n, m in margins.items():
+        m = m.double().numpy()
+        thresholds[f"{n} (clean 5% margin)"] = (judges[n], np.array([np.quantile(m[cal.labels == c], 0.05)
+                                                                     for c in range(ds.num_classes)]))
     rows = []
     for name, (j, thr) in {**{n: (j, None) for n, j in judges.items()}, **thresholds}.items():
         a = measure(j, sets, indices, ds, ctx.seed, threshold=thr)

@@ -26,11 +26,20 @@ RULES = ("any", "majority")
 
 
 @torch.no_grad()
+def clean_margins(judge: Judge, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """(N,) the judge's margins at clean points (N, C, H, W) of labels y."""
+    return torch.cat([judge.margin(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def scale_of(margins: torch.Tensor) -> float:
+    """A judge's margin unit: the median of its positive clean margins (1 if none)."""
+    pos = margins[margins > 0]
+    return float(pos.median()) if pos.numel() else 1.0
+
+
 def margin_scale(judge: Judge, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """A judge's margin unit: the median margin of the clean points (N, C, H, W) it judges correctly."""
-    ms = torch.cat([judge.margin(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-    pos = ms[ms > 0]
-    return float(pos.median()) if pos.numel() else 1.0
+    return scale_of(clean_margins(judge, x, y, batch_size))
 
 
 class EnsembleJudge(Judge):

@@ -9,8 +9,8 @@ Readers (``calib validate``, ``calib audit`` without ``--adversarial``) do not t
 The lock is an OS advisory lock (``fcntl.flock``) on the lock file, so the kernel releases it when
 its holder dies, even by ``kill -9``. The file itself stays behind with the dead holder's PID; the
 next writer acquires the lock, notices the file named another process, logs that it takes the lock
-over, and writes its own PID. On a platform without ``fcntl`` the lock degrades to a PID file
-created with ``O_EXCL`` whose holder is checked for liveness.
+over, and writes its own PID. On a platform without ``fcntl`` the folder is not locked (a warning
+says so).
 """
 from __future__ import annotations
 
@@ -40,16 +40,6 @@ def _read_holder(path: Path) -> dict:
         return doc if isinstance(doc, dict) else {}
     except (OSError, ValueError):
         return {}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 class RunLock:
@@ -87,23 +77,23 @@ class RunLock:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not on Linux/macOS
-            self._acquire_pid_file(previous)
-        else:
-            while True:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    os.close(fd)
-                    raise self._locked(_read_holder(self.path)) from None
-                try:  # the file we locked may have been unlinked by a holder that just finished
-                    if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                        break
-                except FileNotFoundError:
-                    pass
+            log.warning("%s: no fcntl on this platform; the run folder is not locked", self.folder)
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
                 os.close(fd)
-            self._fd = fd
-            self._write_holder(fd)
+                raise self._locked(_read_holder(self.path)) from None
+            try:  # the file we locked may have been unlinked by a holder that just finished
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        self._fd = fd
+        self._write_holder(fd)
         if previous.get("pid") not in (None, os.getpid()):
             log.warning("%s: taking over the lock left by PID %s (%s), which no longer holds it",
                         self.folder, previous.get("pid"), previous.get("command", "?"))
@@ -142,16 +132,3 @@ class RunLock:
         what = holder.get("command", "another calib process")
         return RunFolderLocked(f"run folder {self.folder} is being written by PID {pid} ({what}); wait for it "
                                f"to finish or use another folder")
-
-    def _acquire_pid_file(self, previous: dict) -> None:  # pragma: no cover - fallback without fcntl
-        pid = previous.get("pid")
-        if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
-            raise self._locked(previous)
-        if self.path.exists():
-            self.path.unlink()
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            raise self._locked(_read_holder(self.path)) from None
-        self._write_holder(fd)
-        os.close(fd)

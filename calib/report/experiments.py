@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from calib.errors import DataError
-from calib.report.figures import _go, _img, _square_pixels, esc, palette
+from calib.report.figures import _go, _image_axes, _img, esc, palette
 
 TITLES = {"transfer": "Experiment: transferability", "adversarial-training": "Experiment: adversarial training",
           "robust-embedding": "Experiment: robust triplet embedding",
@@ -156,9 +156,7 @@ def units_section(doc: dict, arrays: dict, names: list[str], page, table) -> Non
         for c in range(top):
             fig.add_trace(go.Heatmap(z=_img(imgs[c]), colorscale="gray", zmin=0, zmax=1, showscale=False,
                                      hoverinfo="skip"), row=r, col=c + 1)
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
-    _square_pixels(fig)
+    _image_axes(fig)
     fig.update_annotations(font_size=9)
     fig.update_layout(height=80 * len(rows_imgs) + 60, width=None, margin={"t": 30, "l": 10, "r": 110, "b": 10})
     page.figure(fig, "units")

@@ -373,12 +373,17 @@ def gallery(x: np.ndarray, x_adv: np.ndarray, audit_arrays: dict[str, np.ndarray
             fig.add_trace(go.Heatmap(z=z, colorscale=scale, zmin=lo, zmax=hi, showscale=(j == 0 and k == 1),
                                      colorbar={"title": {"text": "δ"}, "len": 0.3, "y": 1, "yanchor": "top"},
                                      hovertemplate="(%{x}, %{y}) %{z:.3f}<extra></extra>"), row=r, col=c0 + k)
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
-    _square_pixels(fig)
+    _image_axes(fig)
     fig.update_annotations(font_size=10)
     fig.update_layout(height=190 * max(rows, 1) + 60, margin={"t": 40, "l": 10, "r": 10, "b": 10})
     return fig
+
+
+def _image_axes(fig: Any) -> None:
+    """Image subplots: no ticks or grid, row 0 at the top, square pixels."""
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
+    _square_pixels(fig)
 
 
 def _square_pixels(fig: Any) -> None:
@@ -413,9 +418,7 @@ def probe_gallery(probe: dict[str, np.ndarray], class_names: Sequence[str]) -> A
                                  hovertemplate=f"x0 #{int(probe['index0'][i])} ({names[a]}) + ε·sign(x1 #"
                                                f"{int(probe['index1'][i])} ({names[b]}))<extra></extra>"),
                       row=a + 1, col=b + 1)
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
-    _square_pixels(fig)
+    _image_axes(fig)
     fig.update_annotations(font_size=9)
     fig.update_layout(height=95 * k + 80, margin={"t": 50, "l": 10, "r": 40, "b": 10})
     return fig
@@ -459,9 +462,7 @@ def disagreement_gallery(items: list[dict[str, Any]], class_names: Sequence[str]
         for k, img in enumerate((it["x"], it["x0"])):
             fig.add_trace(go.Heatmap(z=_img(img), colorscale="gray", zmin=0, zmax=1, showscale=False,
                                      hovertemplate="(%{x}, %{y}) %{z:.3f}<extra></extra>"), row=r, col=c0 + k)
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
-    _square_pixels(fig)
+    _image_axes(fig)
     fig.update_annotations(font_size=10)
     fig.update_layout(height=200 * rows + 60, margin={"t": 40, "l": 10, "r": 10, "b": 10})
     return fig
