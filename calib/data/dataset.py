@@ -40,6 +40,8 @@ class Dataset:
         fingerprint: sha256 identifying exactly these samples (see :func:`fingerprint_arrays`).
         official_test: optional bool mask (N,), True where a sample came from the source's own test
             file; :func:`calib.data.split.split_dataset` then keeps those as the test part.
+        official_calibration: optional bool mask (N,), True where the user's explicit split put a
+            sample in the calibration part (``X_calibration`` of a ``.npz``).
         source_fingerprint: for a subset (e.g. a part of a split), the fingerprint of the dataset
             it was taken from.
     """
@@ -50,6 +52,7 @@ class Dataset:
     class_names: tuple[str, ...]
     fingerprint: str
     official_test: np.ndarray | None = None
+    official_calibration: np.ndarray | None = None
     source_fingerprint: str | None = None
     indices: np.ndarray | None = field(default=None, repr=False)
 
@@ -59,6 +62,9 @@ class Dataset:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         if self.official_test is not None and self.official_test.shape != self.labels.shape:
             raise DataError(f"{self.name}: official_test mask has shape {self.official_test.shape}, "
+                            f"expected {self.labels.shape}")
+        if self.official_calibration is not None and self.official_calibration.shape != self.labels.shape:
+            raise DataError(f"{self.name}: official_calibration mask has shape {self.official_calibration.shape}, "
                             f"expected {self.labels.shape}")
 
     def __len__(self) -> int:
@@ -108,6 +114,8 @@ class Dataset:
             "fingerprint": self.fingerprint,
             "source_fingerprint": self.source_fingerprint,
             "official_test_samples": None if self.official_test is None else int(self.official_test.sum()),
+            "official_calibration_samples": None if self.official_calibration is None
+            else int(self.official_calibration.sum()),
         }
 
 

@@ -10,10 +10,14 @@ Sources:
                     pair optional (without it the t10k data is split three ways).
     npz             a ``.npz`` file (``data_dir`` is its path, or pass the path as the name) with
                     arrays ``X`` (N,H,W) or (N,C,H,W), uint8 0-255 or float 0-1; ``y`` integer
-                    labels; optional ``class_names``. Never unpickled.
+                    labels; optional ``class_names``. Or an explicit split, kept as given:
+                    ``X_train``/``y_train``, ``X_test``/``y_test`` and optionally
+                    ``X_calibration``/``y_calibration`` (without it, calibration is drawn from train,
+                    stratified and seeded). Channels 1 or 3. Never unpickled.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import zipfile
@@ -153,25 +157,102 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
     except ValueError as exc:  # object arrays need pickle, which is refused
         raise DataError(f"{path}: contains pickled objects, which calib never loads ({exc})") from exc
+    split_keys = [k for k in arrays if k.split("_")[0] in ("X", "y") and "_" in k]
+    if split_keys:
+        if "X" in arrays or "y" in arrays:
+            raise DataError(f"{path}: holds both X/y and an explicit split ({', '.join(sorted(split_keys))}); "
+                            "keep one")
+        return _load_npz_split(path, arrays)
     missing = [k for k in ("X", "y") if k not in arrays]
     if missing:
-        raise DataError(f"{path}: missing array(s) {missing}; found {sorted(arrays)}")
-    raw, y = arrays["X"], arrays["y"]
+        raise DataError(f"{path}: missing array(s) {missing}; found {sorted(arrays)} (a dataset is X and y, or an "
+                        "explicit split X_train/y_train/X_test/y_test with optional X_calibration/y_calibration)")
+    images, y = _images(path, "X", arrays["X"]), _labels(path, "y", arrays["y"])
+    names = _class_names(path, arrays, y)
+    raw = arrays["X"] if arrays["X"].ndim == 4 else arrays["X"][:, None]
+    return Dataset(f"npz:{path.stem}", images, y, names, fingerprint_arrays(raw, y))
+
+
+NPZ_PARTS = ("train", "calibration", "test")
+
+
+def _images(path: Path, key: str, raw: np.ndarray) -> np.ndarray:
+    """float32 (N, C, H, W) in [0,1] from uint8 0-255 or float 0-1, (N,H,W) or (N,C,H,W)."""
+    shape = raw.shape
     if raw.ndim == 3:
         raw = raw[:, None]
     if raw.ndim != 4:
-        raise DataError(f"{path}: X must have shape (N,H,W) or (N,C,H,W); got {arrays['X'].shape}")
+        raise DataError(f"{path}: {key} must have shape (N,H,W) or (N,C,H,W); got {shape}")
     if raw.dtype == np.uint8:
-        images = raw.astype(np.float32) / np.float32(255.0)
-    elif np.issubdtype(raw.dtype, np.floating):
-        images = raw.astype(np.float32)
-    else:
-        raise DataError(f"{path}: X must be uint8 (0-255) or float (0-1); got {raw.dtype}")
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: y must be a 1-D integer array; got {y.dtype} with shape {y.shape}")
-    if "class_names" in arrays:
-        names = tuple(str(s) for s in arrays["class_names"].tolist())
-    else:
-        names = tuple(str(i) for i in range(int(y.max()) + 1 if y.size else 0))
-    return Dataset(f"npz:{path.stem}", images, y.astype(np.int64), names, fingerprint_arrays(raw, y))
+        return raw.astype(np.float32) / np.float32(255.0)
+    if np.issubdtype(raw.dtype, np.floating):
+        return raw.astype(np.float32)
+    raise DataError(f"{path}: {key} must be uint8 (0-255) or float (0-1); got {raw.dtype}")
 
+
+def _labels(path: Path, key: str, y: np.ndarray) -> np.ndarray:
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: {key} must be a 1-D integer array; got {y.dtype} with shape {y.shape}")
+    return y.astype(np.int64)
+
+
+def _class_names(path: Path, arrays: dict[str, np.ndarray], y: np.ndarray) -> tuple[str, ...]:
+    if "class_names" in arrays:
+        return tuple(str(s) for s in arrays["class_names"].tolist())
+    return tuple(str(i) for i in range(int(y.max()) + 1 if y.size else 0))
+
+
+def _load_npz_split(path: Path, arrays: dict[str, np.ndarray]) -> Dataset:
+    """The user's own split: ``X_train``/``y_train``, ``X_test``/``y_test`` and optionally
+    ``X_calibration``/``y_calibration``, kept as given (see :func:`calib.data.split.split_dataset`)."""
+    known = {f"{a}_{p}" for a in ("X", "y") for p in NPZ_PARTS} | {"class_names"}
+    unknown = sorted(set(arrays) - known)
+    if unknown:
+        raise DataError(f"{path}: unknown array(s) {unknown} in an explicit split; expected X_/y_ + "
+                        f"{'/'.join(NPZ_PARTS)} and optional class_names")
+    present = [p for p in NPZ_PARTS if f"X_{p}" in arrays or f"y_{p}" in arrays]
+    for part in present:
+        if f"X_{part}" not in arrays or f"y_{part}" not in arrays:
+            raise DataError(f"{path}: has {'X' if f'X_{part}' in arrays else 'y'}_{part} but not its pair")
+    for part in ("train", "test"):
+        if part not in present:
+            raise DataError(f"{path}: an explicit split needs X_{part}/y_{part}; found {sorted(arrays)}")
+    images, labels, raws = {}, {}, {}
+    for part in present:
+        images[part] = _images(path, f"X_{part}", arrays[f"X_{part}"])
+        labels[part] = _labels(path, f"y_{part}", arrays[f"y_{part}"])
+        raws[part] = arrays[f"X_{part}"] if arrays[f"X_{part}"].ndim == 4 else arrays[f"X_{part}"][:, None]
+        if len(images[part]) != len(labels[part]):
+            raise DataError(f"{path}: X_{part} has {len(images[part])} images but y_{part} has "
+                            f"{len(labels[part])} labels")
+    shapes = {p: images[p].shape[1:] for p in present}
+    if len(set(shapes.values())) != 1:
+        raise DataError(f"{path}: the parts' images differ in shape: "
+                        + ", ".join(f"{p} {tuple(s)}" for p, s in shapes.items()))
+    dtypes = {raws[p].dtype.str for p in present}
+    if len(dtypes) != 1:
+        raise DataError(f"{path}: the parts' images differ in dtype ({', '.join(sorted(dtypes))}); use one")
+    all_y = np.concatenate([labels[p] for p in present])
+    names = _class_names(path, arrays, all_y)
+    k = len(names)
+    train_classes = set(np.unique(labels["train"]).tolist())
+    for part in present:
+        y = labels[part]
+        if y.size and (y.min() < 0 or y.max() >= k):
+            raise DataError(f"{path}: y_{part} holds labels outside [0, {k - 1}] ({k} classes)")
+        missing = sorted(set(range(k)) - set(np.unique(y).tolist()))
+        if missing and part != "train":
+            raise DataError(f"{path}: the classes of y_{part} do not match y_train: class(es) "
+                            f"{', '.join(names[c] for c in missing)} have no {part} sample")
+    absent = sorted(set(range(k)) - train_classes)
+    if absent:
+        raise DataError(f"{path}: the classes of y_train do not match the other parts: class(es) "
+                        f"{', '.join(names[c] for c in absent)} have no training sample")
+    raw = np.concatenate([raws[p] for p in present])
+    sizes = {p: len(labels[p]) for p in present}
+    fp = hashlib.sha256(f"{fingerprint_arrays(raw, all_y)}:explicit-split:{sizes}".encode()).hexdigest()
+    part_of = np.concatenate([np.full(sizes[p], i) for i, p in enumerate(present)])
+    return Dataset(f"npz:{path.stem}", np.concatenate([images[p] for p in present]), all_y, names, fp,
+                   official_test=part_of == present.index("test"),
+                   official_calibration=(part_of == present.index("calibration")) if "calibration" in present
+                   else None)

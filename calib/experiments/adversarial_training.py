@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from calib.pipeline.config import default_epochs
 from calib.experiments.context import RunContext, per_class, save_experiment
 from calib.models.infer import forward_batched
 from calib.train import TrainConfig, train_classifier
@@ -33,7 +34,7 @@ def adversarial_training(ctx: RunContext, *, alpha: float = 0.5, attack: str = "
     t0 = time.perf_counter()
     names = list(ctx.dataset.class_names)
     table_eps = tuple(float(e) for e in ctx.table.eps("input", norm))
-    epochs = epochs or int(ctx.run_config.get("classifier_epochs", 20))
+    epochs = epochs or int(ctx.run_config.get("classifier_epochs") or default_epochs(len(ctx.splits.train)))
     variants = {"standard": None,
                 "global": AdversarialMix(alpha=alpha, eps=float(global_eps), norm=norm, attack=attack),
                 "per-class": AdversarialMix(alpha=alpha, eps=table_eps, norm=norm, attack=attack)}

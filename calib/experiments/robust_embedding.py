@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from calib.pipeline.config import default_epochs
 from calib.experiments.context import RunContext, save_experiment
 from calib.train import TrainConfig, train_embedding
 from calib.train.adversarial import AdversarialMix
@@ -55,7 +56,7 @@ def robust_embedding(ctx: RunContext, *, alpha: float = 0.5, eps: float = 0.1, n
     k = int((run.get("judge") or {}).get("k", 1))
     policy = Policy(q=float(run.get("q", 0.05)), s=float(run.get("s", 1.0)), rule=run.get("rule", "quantile"))
     mix = AdversarialMix(alpha=alpha, eps=float(eps), norm=norm, attack=attack, steps=steps)
-    epochs = epochs or int(run.get("embedding_epochs", 20))
+    epochs = epochs or int(run.get("embedding_epochs") or default_epochs(len(ctx.splits.train)))
     trained = train_embedding(ctx.splits.train, TrainConfig(epochs=epochs, seed=ctx.seed, device=ctx.device,
                                                             progress=progress),
                               test=ctx.splits.test, dim=int(run.get("embedding_dim", 64)),

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 
+from calib.pipeline.config import default_epochs
 from calib.data.split import stratified_indices
 from calib.experiments.context import RunContext, per_class, save_experiment
 from calib.models.infer import forward_batched
@@ -36,7 +37,7 @@ def transferability(ctx: RunContext, *, epochs: int | None = None, steps: int = 
     half1, half2 = stratified_indices(train.labels, (0.5, 0.5), seed + 7)
     d1 = ctx.dataset.subset(train.indices[half1], "transfer-half1")
     d2 = ctx.dataset.subset(train.indices[half2], "transfer-half2")
-    epochs = epochs or int(ctx.run_config.get("classifier_epochs", 20))
+    epochs = epochs or int(ctx.run_config.get("classifier_epochs") or default_epochs(len(ctx.splits.train)))
     common = {"device": ctx.device, "progress": progress}
     f1 = train_classifier(d1, TrainConfig(epochs=epochs, seed=seed + 11, **common), test=ctx.splits.test).model
     f2 = train_classifier(d2, TrainConfig(epochs=epochs, seed=seed + 13, lr=2e-3, **common), test=ctx.splits.test,

@@ -5,7 +5,9 @@ attack's epsilon is in the same units as the data.
 
 Architectures (``arch``):
     ``cnn-small``  for small images (< 16 px, e.g. 8x8 digits): 2 conv (32, 64) + pool + FC 128.
-    ``cnn``        for 28x28 (MNIST family): 4 conv (32, 32, 64, 64) + 2 pools + FC 128.
+    ``cnn``        for 16 to 31 px (28x28 MNIST family): 4 conv (32, 32, 64, 64) + 2 pools + FC 128.
+    ``cnn-gap``    from 32 px up (CIFAR-like 32x32, 64x64): 5 padded conv (32, 32, 64, 64, 128) with 2 pools,
+                   then global average pooling, so the head has 128 inputs whatever the image size.
     ``mlp``        any size: one hidden layer of 256 + FC 128 (a different architecture family,
                    e.g. the second model of the transferability experiment).
     ``lipschitz-mlp``  embeddings only: orthogonal linear layers and MaxMin activations, with a
@@ -40,12 +42,24 @@ def _mnist_trunk(in_channels: int) -> nn.Sequential:
     )
 
 
+def _gap_trunk(in_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+
+
 def _mlp_trunk(input_shape: tuple[int, int, int]) -> nn.Sequential:
     n = input_shape[0] * input_shape[1] * input_shape[2]
     return nn.Sequential(nn.Flatten(), nn.Linear(n, 256), nn.ReLU())
 
 
-TRUNKS: dict[str, Callable[[int], nn.Sequential]] = {"cnn-small": _small_trunk, "cnn": _mnist_trunk}
+TRUNKS: dict[str, Callable[[int], nn.Sequential]] = {"cnn-small": _small_trunk, "cnn": _mnist_trunk,
+                                                     "cnn-gap": _gap_trunk}
 ARCHS = (*TRUNKS, "mlp")
 #: the certified-Lipschitz embedding (:mod:`calib.models.lipschitz`), embeddings only
 LIPSCHITZ_ARCH = "lipschitz-mlp"
@@ -53,8 +67,10 @@ HIDDEN = 128
 
 
 def default_arch(input_shape: tuple[int, int, int]) -> str:
-    """``cnn-small`` below 16 px on either side, else ``cnn``."""
-    return "cnn-small" if min(input_shape[1:]) < 16 else "cnn"
+    """By the smaller side: ``cnn-small`` below 16 px, ``cnn`` below 32 px, else ``cnn-gap``; any
+    number of channels (1 grey, 3 colour)."""
+    side = min(input_shape[1:])
+    return "cnn-small" if side < 16 else "cnn" if side < 32 else "cnn-gap"
 
 
 def _trunk(arch: str, input_shape: tuple[int, int, int]) -> tuple[nn.Sequential, int]:
@@ -103,6 +119,10 @@ def build_model(spec: dict) -> nn.Module:
     Raises:
         ArtefactError: the spec is not one calib can build.
     """
+    if isinstance(spec, dict) and spec.get("kind") == "external":
+        from calib.models.external import rebuild
+
+        return rebuild(spec)
     try:
         kind, arch = spec["kind"], spec["arch"]
         shape = tuple(int(s) for s in spec["input_shape"])

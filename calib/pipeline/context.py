@@ -97,7 +97,10 @@ def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> RunContext
         raise DataError(f"{run_dir}: the dataset on disk ({ds.fingerprint[:12]}…) is not the one the run used "
                         f"({summary['dataset']['fingerprint'][:12]}…)")
     held = (summary.get("splits") or {}).get("held_out") or None
-    splits = split_dataset(ds, seed=int(cfg["seed"]), fractions=tuple(cfg["fractions"]), hold_out=held)
+    from calib.data.split import DEFAULT_MAX_CALIBRATION
+
+    splits = split_dataset(ds, seed=int(cfg["seed"]), fractions=tuple(cfg["fractions"]), hold_out=held,
+                           max_calibration=cfg.get("max_calibration", DEFAULT_MAX_CALIBRATION))
     return RunContext(run_dir, summary, ds, splits, load_table(run_dir / "eps_table.json"), device)
 
 

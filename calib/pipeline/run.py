@@ -61,7 +61,12 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
         pass
     ds = load_dataset(config.dataset, config.data_dir, download=config.download)
     human, held = _human_sets(config, ds)
-    splits = split_dataset(ds, seed=config.seed, fractions=config.fractions, hold_out=held)
+    splits = split_dataset(ds, seed=config.seed, fractions=config.fractions, hold_out=held,
+                           max_calibration=config.max_calibration)
+    if config.classifier is not None:  # a user's classifier: import, load and check it before writing anything
+        from calib.models.external import load_external
+
+        load_external(config.classifier, config.classifier_weights, splits.test.images, ds.num_classes)
     # the folder is created only once the data loaded: a bad dataset leaves nothing behind
     with RunLock(out, "calib run", create=True):
         if fresh and (out / "cache").exists():
@@ -145,6 +150,7 @@ MODEL_STAGES = {"classifier": ("calib.train.classifier",), "embedding": ("calib.
 def _data_key(ctx: PipelineContext) -> dict[str, Any]:
     cfg, splits = ctx.config, ctx.splits
     return {"dataset": ctx.dataset.fingerprint, "split_seed": cfg.seed, "fractions": list(cfg.fractions),
+            "max_calibration": cfg.max_calibration,
             **{p: getattr(splits, p).fingerprint for p in ("train", "calibration", "test")}}
 
 
@@ -177,15 +183,56 @@ def _train_embedding2(ctx: PipelineContext, t: TrainConfig, **opts: Any) -> Any:
     return m
 
 
+def _import_classifier(ctx: PipelineContext) -> dict[str, Any]:
+    """A user's classifier (``--classifier``): checked, its clean accuracy measured on the test part,
+    saved as the run's ``models/classifier`` (the same safetensors tensors, and a spec naming the
+    factory and the sha256 of its module file)."""
+    from calib.models import save_model
+    from calib.models.external import load_external, module_file
+    from calib.models.infer import forward_batched
+
+    cfg, ds, test = ctx.config, ctx.dataset, ctx.splits.test
+    t0 = time.perf_counter()
+    model = load_external(cfg.classifier, cfg.classifier_weights, test.images, ds.num_classes)
+    pred = forward_batched(model, test.images, device=ctx.device).argmax(1).numpy()
+    acc = float((pred == test.labels).mean())
+    src = module_file(cfg.classifier)
+    spec = {"kind": "external", "factory": cfg.classifier, "module_file": str(src) if src else None,
+            "module_sha256": sha256_file(src) if src else None, "input_shape": list(ds.image_shape),
+            "num_classes": ds.num_classes}
+    metrics = {"test_accuracy": acc, "test_n": int(test.labels.size),
+               "test_accuracy_per_class": [float((pred[test.labels == c] == c).mean()) for c in range(ds.num_classes)]}
+    saved = save_model(model.cpu(), spec, ctx.run_dir / "models" / "classifier", classes=list(ds.class_names),
+                       metrics=metrics, data={"external": True, "data_fingerprint": ds.fingerprint,
+                                              "trained_on": "unknown to calib (a classifier of your own)"},
+                       external={"weights_file": str(cfg.classifier_weights),
+                                 "weights_file_sha256": sha256_file(cfg.classifier_weights)})
+    ctx.forget_models()
+    log.info("classifier %s: clean accuracy %.4f on the %d test images", cfg.classifier, acc, test.labels.size)
+    return {"metrics": metrics, "weights_sha256": saved["weights_sha256"], "training_seconds": 0.0,
+            "external": cfg.classifier, "seconds": time.perf_counter() - t0}
+
+
+def _classifier_stage(config: RunConfig, ctx: PipelineContext) -> Stage:
+    from calib.models.external import module_file
+
+    src = module_file(config.classifier)
+    return Stage("classifier", _import_classifier, model_files("classifier"),
+                 {"data": _data_key(ctx), "classifier": config.classifier,
+                  "weights": sha256_file(config.classifier_weights), "module": sha256_file(src) if src else None},
+                 code=("calib.models.external",))
+
+
 def _model_stages(config: RunConfig, ctx: PipelineContext) -> list[Stage]:
     """f, g and every model the measured judges need."""
     common = {"device": ctx.device, "progress": config.progress}
     emb_opts = {"dim": config.embedding_dim, "margin": config.margin, "miner": config.miner}
-    emb_train = TrainConfig(epochs=config.embedding_epochs, seed=config.seed, augment=tuple(config.embedding_augment),
+    n_train = len(ctx.splits.train)
+    emb_train = TrainConfig(epochs=config.epochs("embedding", n_train), seed=config.seed, augment=tuple(config.embedding_augment),
                             **common)
     lip = config.lipschitz
     plans: dict[str, tuple[TrainConfig, dict[str, Any], Callable[..., Any]]] = {
-        "classifier": (TrainConfig(epochs=config.classifier_epochs, seed=config.seed, **common), {},
+        "classifier": (TrainConfig(epochs=config.epochs("classifier", n_train), seed=config.seed, **common), {},
                        _train_classifier),
         "embedding": (emb_train, emb_opts, functools.partial(_train_embedding, **emb_opts)),
     }
@@ -200,13 +247,16 @@ def _model_stages(config: RunConfig, ctx: PipelineContext) -> list[Stage]:
     if "lipschitz-embedding" in needed:
         lip_opts = {"dim": config.embedding_dim, "margin": lip.margin, "miner": config.miner, "width": lip.width,
                     "depth": lip.depth, "arch": "lipschitz-mlp"}
-        plans["lipschitz-embedding"] = (dataclasses.replace(emb_train, epochs=lip.epochs or config.embedding_epochs),
+        plans["lipschitz-embedding"] = (dataclasses.replace(emb_train, epochs=lip.epochs or emb_train.epochs),
                                         lip_opts, functools.partial(_train_embedding, **lip_opts))
     data = _data_key(ctx)
-    return [Stage(stem, functools.partial(_train, stem=stem, tcfg=tcfg, trainer=trainer), model_files(stem),
-                  {"data": data, "train": _train_key(tcfg), **opts},
-                  code=(*MODEL_STAGES[stem], trainer))
-            for stem, (tcfg, opts, trainer) in plans.items()]
+    if config.classifier is not None:
+        del plans["classifier"]
+    stages = [Stage(stem, functools.partial(_train, stem=stem, tcfg=tcfg, trainer=trainer), model_files(stem),
+                    {"data": data, "train": _train_key(tcfg), **opts},
+                    code=(*MODEL_STAGES[stem], trainer))
+              for stem, (tcfg, opts, trainer) in plans.items()]
+    return ([_classifier_stage(config, ctx)] if config.classifier is not None else []) + stages
 
 
 # ---- statistics, the judges' radii, validation, budgets ------------------------------------------------
@@ -392,7 +442,9 @@ def _audit(ctx: PipelineContext, name: str, spec: Any, ball_space: str, budget: 
     result = audit(x, x_adv, y, pred, norm=spec.norm, eps=eps, reference=ctx.reference(), judge=ctx.judge(),
                    config=ctx.config.audit, ball_space=ball_space, embedding=ctx.model("embedding"),
                    num_classes=ctx.dataset.num_classes, device=ctx.device)
-    result.meta |= {"attack": name, "budget": budget, "spec": asdict(spec)}
+    result.meta |= {"attack": name, "budget": budget, "spec": asdict(spec),
+                    "predictions": {"by": "the attacked classifier",
+                                    "classifier": ctx.config.classifier or "trained by calib"}}
     result.arrays["indices"] = ctx.splits.test.indices[sel]
     result.save(ctx.run_dir / "audit", name, ctx.dataset.class_names)
     return {"valid_rate": float(result.arrays["valid"].mean()),

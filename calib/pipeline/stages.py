@@ -12,6 +12,7 @@ import numpy as np
 from calib.budgets import EpsTable, Policy, geometric_table
 from calib.budgets.semantic import Radii, load_radii, robustness_radii, save_radii
 from calib.data import DEFAULT_FRACTIONS, Dataset, Splits
+from calib.data.split import DEFAULT_MAX_CALIBRATION
 from calib.errors import ArtefactError, ConfigError, DataError
 from calib.judges import Judge, JudgeConfig, build_judge
 from calib.models import load_model
@@ -28,7 +29,7 @@ def check_model_data(config: dict[str, Any], dataset: Dataset, splits: Splits, w
     been training points), unless ``allow_mismatch``. ``subset``: the model was trained on a
     recorded subset of the training part (g2), whose indices are checked to lie in it."""
     data = config.get("data", {})
-    if allow_mismatch:
+    if allow_mismatch or data.get("external"):  # a user's classifier: trained elsewhere, on data calib cannot see
         return
     if data.get("data_fingerprint") != dataset.fingerprint:
         raise ArtefactError(f"the {what} was trained on data {str(data.get('data_fingerprint'))[:12]}…, not on "
@@ -141,7 +142,8 @@ def budgets_stage(stats_dir: Path, policy: Policy, pair: str, out: Path | None =
         split = stats.meta.get("split") or {}
         splits = split_dataset(dataset, seed=int(split.get("seed", 0)),
                                fractions=tuple(split.get("fractions", DEFAULT_FRACTIONS)),
-                               hold_out=split.get("held_out") or None)
+                               hold_out=split.get("held_out") or None,
+                               max_calibration=split.get("max_calibration", DEFAULT_MAX_CALIBRATION))
         jc = judge_config or JudgeConfig(name=judge)
         j = run_judge(judge, Path(stats_dir), dataset, splits, jc, device)
         radii, idx, y = semantic_radii(j, dataset, splits, pair, semantic, seed=int(split.get("seed", 0)),
@@ -154,7 +156,8 @@ def budgets_stage(stats_dir: Path, policy: Policy, pair: str, out: Path | None =
 
 
 def audit_external(ctx, x_adv: np.ndarray, indices: np.ndarray, *, norm: str = "linf",
-                   eps: np.ndarray | float | None = None, config=None) -> tuple[Any, dict[str, np.ndarray]]:
+                   eps: np.ndarray | float | None = None, config=None,
+                   pred: np.ndarray | None = None) -> tuple[Any, dict[str, np.ndarray]]:
     """Audit adversarial examples made elsewhere (torchattacks, ART, foolbox, ...) with a run's models.
 
     Args:
@@ -164,6 +167,9 @@ def audit_external(ctx, x_adv: np.ndarray, indices: np.ndarray, *, norm: str = "
             images are the audit's reference set and are refused).
         norm: the attack's input norm (``linf``/``l2``) for interpolation and the budget ball.
         eps: the budget each example was made under (scalar or (N,)); default: its own distance.
+        pred: (N,) the attacked model's own predictions on ``x_adv`` (success is judged by the model
+            that was attacked); default: the run's classifier's, which must then be the attacked one.
+            Which was used is recorded in the result's ``meta["predictions"]``.
     Returns:
         the :class:`calib.audit.AuditResult` and the attack arrays (``x``, ``x_adv``, ...).
     """
@@ -196,13 +202,36 @@ def audit_external(ctx, x_adv: np.ndarray, indices: np.ndarray, *, norm: str = "
 
         eps = perturbation_norms(torch.from_numpy(x), torch.from_numpy(x_adv), norm).double().numpy()
     eps = np.broadcast_to(np.asarray(eps, np.float64), (idx.size,)).copy()
-    pred = forward_batched(f, x_adv).argmax(1).numpy()
+    if pred is None:
+        pred = forward_batched(f, x_adv).argmax(1).numpy()
+        cfg = ctx.run_config
+        source = {"by": "the run's classifier", "classifier": cfg.get("classifier") or "trained by calib",
+                  "weights_sha256": _weights_sha(ctx.run_dir)}
+    else:
+        pred = np.asarray(pred)
+        if pred.shape != idx.shape or not np.issubdtype(pred.dtype, np.integer):
+            raise DataError(f"pred must be (N,) integer predictions, one per example; got shape {pred.shape}, "
+                            f"dtype {pred.dtype}")
+        if pred.min() < 0 or pred.max() >= ds.num_classes:
+            raise DataError(f"pred must lie in [0, {ds.num_classes - 1}] (class indices)")
+        pred = pred.astype(np.int64)
+        source = {"by": "the attacked model (pred supplied with the examples)"}
     result = audit(x, x_adv, y, pred, norm=norm, eps=eps, reference=ctx.reference(), judge=judge,
                    config=config or AuditConfig(), num_classes=ds.num_classes)
     result.arrays["indices"] = idx
+    result.meta["predictions"] = source
     arrays = {"x": x, "x_adv": x_adv, "labels": y, "pred": pred, "eps": eps, "indices": idx,
               "success": pred != y}
     return result, arrays
+
+
+def _weights_sha(run_dir: Path) -> str | None:
+    from calib.models import read_config
+
+    try:
+        return read_config(Path(run_dir) / "models" / "classifier")["weights_sha256"]
+    except ArtefactError:
+        return None
 
 
 def import_adversarial(run_dir: Path, path: Path, name: str, norm: str) -> int:
@@ -210,7 +239,8 @@ def import_adversarial(run_dir: Path, path: Path, name: str, norm: str) -> int:
     the run (``attacks/<name>.npz``, ``audit/<name>.*``) and its report; returns how many were audited.
 
     ``path`` is an ``.npz`` (read without pickle) with ``x_adv`` (N, C, H, W) in [0,1], ``indices`` (N,)
-    of the clean images in the dataset and optionally ``eps`` (scalar or (N,)).
+    of the clean images in the dataset and optionally ``eps`` (scalar or (N,)) and ``pred`` (N,), the
+    attacked model's predictions on ``x_adv`` (without it, the run's classifier's are used).
     """
     import re
     import zipfile
@@ -234,7 +264,8 @@ def import_adversarial(run_dir: Path, path: Path, name: str, norm: str) -> int:
     if missing:
         raise DataError(f"{path}: missing array(s) {', '.join(missing)} (need x_adv and indices)")
     ctx = load_run(run_dir)
-    result, att = audit_external(ctx, arrays["x_adv"], arrays["indices"], norm=norm, eps=arrays.get("eps"))
+    result, att = audit_external(ctx, arrays["x_adv"], arrays["indices"], norm=norm, eps=arrays.get("eps"),
+                                 pred=arrays.get("pred"))
     result.meta |= {"attack": name, "budget": "imported", "spec": {"norm": norm, "source": str(path)}}
     write_npz(Path(run_dir) / "attacks" / f"{name}.npz", att)
     result.save(Path(run_dir) / "audit", name, ctx.dataset.class_names)

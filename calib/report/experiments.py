@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from calib.errors import DataError
-from calib.report.figures import _go, _image_axes, _img, esc, palette
+from calib.report.figures import _go, _image_axes, image_trace, esc, palette
 
 TITLES = {"transfer": "Experiment: transferability", "adversarial-training": "Experiment: adversarial training",
           "robust-embedding": "Experiment: robust triplet embedding",
@@ -154,8 +154,7 @@ def units_section(doc: dict, arrays: dict, names: list[str], page, table) -> Non
                         row_titles=[f"{kind} {i} ({p:.2f})" for kind, i, _, _, p in rows_imgs])
     for r, (_, _, imgs, _, _) in enumerate(rows_imgs, 1):
         for c in range(top):
-            fig.add_trace(go.Heatmap(z=_img(imgs[c]), colorscale="gray", zmin=0, zmax=1, showscale=False,
-                                     hoverinfo="skip"), row=r, col=c + 1)
+            fig.add_trace(image_trace(imgs[c], hovertemplate=None), row=r, col=c + 1)
     _image_axes(fig)
     fig.update_annotations(font_size=9)
     fig.update_layout(height=80 * len(rows_imgs) + 60, width=None, margin={"t": 30, "l": 10, "r": 110, "b": 10})

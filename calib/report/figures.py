@@ -343,7 +343,30 @@ def pick_gallery(audit_arrays: dict[str, np.ndarray], per_class: int, seed: int 
 
 
 def _img(x: np.ndarray) -> np.ndarray:
+    """A grey image (H, W) for one (C, H, W) image: the image itself, or the channels' mean."""
     return x.mean(0) if x.shape[0] > 1 else x[0]
+
+
+def image_trace(x: np.ndarray, hovertemplate: str | None = "(%{x}, %{y}) %{z:.3f}<extra></extra>",
+                **kwargs: Any) -> Any:
+    """One (C, H, W) image in [0,1] as a trace: grey (1 channel) as a heat map on a grey scale, colour
+    (3 channels) as an RGB image."""
+    go = _go()
+    if x.shape[0] == 3:
+        rgb = np.clip(np.round(np.transpose(x, (1, 2, 0)) * 255), 0, 255).astype(np.uint8)
+        return go.Image(z=rgb, hovertemplate="(%{x}, %{y}) rgb %{z}<extra></extra>" if hovertemplate else None,
+                        hoverinfo=None if hovertemplate else "skip")
+    kw = {"hovertemplate": hovertemplate} if hovertemplate else {"hoverinfo": "skip"}
+    return go.Heatmap(z=_img(x), colorscale="gray", zmin=0, zmax=1, showscale=False, **kw, **kwargs)
+
+
+def perturbation_plane(x: np.ndarray, x_adv: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The perturbation of one image as a plane: signed (grey), or its magnitude per pixel, the largest
+    change over the channels (colour); and whether it is signed."""
+    d = x_adv.astype(np.float64) - x.astype(np.float64)
+    if d.shape[0] == 1:
+        return d[0], True
+    return np.abs(d).max(0), False
 
 
 def gallery(x: np.ndarray, x_adv: np.ndarray, audit_arrays: dict[str, np.ndarray], class_names: Sequence[str],
@@ -367,12 +390,14 @@ def gallery(x: np.ndarray, x_adv: np.ndarray, audit_arrays: dict[str, np.ndarray
     dmax = max(float(np.abs(x_adv[picks] - x[picks]).max()) if picks else 0.0, 1e-6)
     for j, i in enumerate(picks):
         r, c0 = j // per_row + 1, (j % per_row) * 3 + 1
-        d = _img(x_adv[i]) - _img(x[i])
-        for k, (z, scale, lo, hi) in enumerate(((_img(x[i]), "gray", 0, 1), (d, "RdBu", -dmax, dmax),
-                                                (_img(x_adv[i]), "gray", 0, 1))):
-            fig.add_trace(go.Heatmap(z=z, colorscale=scale, zmin=lo, zmax=hi, showscale=(j == 0 and k == 1),
-                                     colorbar={"title": {"text": "δ"}, "len": 0.3, "y": 1, "yanchor": "top"},
-                                     hovertemplate="(%{x}, %{y}) %{z:.3f}<extra></extra>"), row=r, col=c0 + k)
+        d, signed = perturbation_plane(x[i], x_adv[i])
+        fig.add_trace(image_trace(x[i]), row=r, col=c0)
+        fig.add_trace(go.Heatmap(z=d, colorscale="RdBu" if signed else "Reds", zmin=-dmax if signed else 0,
+                                 zmax=dmax, showscale=j == 0,
+                                 colorbar={"title": {"text": "δ" if signed else "|δ| max over RGB"}, "len": 0.3,
+                                           "y": 1, "yanchor": "top"},
+                                 hovertemplate="(%{x}, %{y}) %{z:.3f}<extra></extra>"), row=r, col=c0 + 1)
+        fig.add_trace(image_trace(x_adv[i]), row=r, col=c0 + 2)
     _image_axes(fig)
     fig.update_annotations(font_size=10)
     fig.update_layout(height=190 * max(rows, 1) + 60, margin={"t": 40, "l": 10, "r": 10, "b": 10})
@@ -414,9 +439,9 @@ def probe_gallery(probe: dict[str, np.ndarray], class_names: Sequence[str]) -> A
     fig = make_subplots(rows=k, cols=k, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.03,
                         row_titles=[f"x0: {n}" for n in names])
     for (a, b), i in grid.items():
-        fig.add_trace(go.Heatmap(z=_img(probe["images"][i]), colorscale="gray", zmin=0, zmax=1, showscale=False,
-                                 hovertemplate=f"x0 #{int(probe['index0'][i])} ({names[a]}) + ε·sign(x1 #"
-                                               f"{int(probe['index1'][i])} ({names[b]}))<extra></extra>"),
+        fig.add_trace(image_trace(probe["images"][i],
+                                  hovertemplate=f"x0 #{int(probe['index0'][i])} ({names[a]}) + ε·sign(x1 #"
+                                                f"{int(probe['index1'][i])} ({names[b]}))<extra></extra>"),
                       row=a + 1, col=b + 1)
     _image_axes(fig)
     fig.update_annotations(font_size=9)
@@ -460,8 +485,7 @@ def disagreement_gallery(items: list[dict[str, Any]], class_names: Sequence[str]
     for j, it in enumerate(items):
         r, c0 = j // per_row + 1, (j % per_row) * 2 + 1
         for k, img in enumerate((it["x"], it["x0"])):
-            fig.add_trace(go.Heatmap(z=_img(img), colorscale="gray", zmin=0, zmax=1, showscale=False,
-                                     hovertemplate="(%{x}, %{y}) %{z:.3f}<extra></extra>"), row=r, col=c0 + k)
+            fig.add_trace(image_trace(img), row=r, col=c0 + k)
     _image_axes(fig)
     fig.update_annotations(font_size=10)
     fig.update_layout(height=200 * rows + 60, margin={"t": 40, "l": 10, "r": 10, "b": 10})
