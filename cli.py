@@ -233,7 +233,8 @@ def run(ctx: typer.Context,
     for key, m in summary["models"].items():
         metric, label = ("test_accuracy", "accuracy") if key == "classifier" else ("test_precision_at_1", "precision@1")
         extra = f" (L2 Lipschitz {m['metrics']['lipschitz_l2']:.6f})" if "lipschitz_l2" in m["metrics"] else ""
-        table.add_row(key, label, f"{m['metrics'][metric]:.4f}{extra}", m["weights_sha256"][:16])
+        who = f"{key} (yours: {m['external']})" if m.get("external") else key
+        table.add_row(who, label, f"{m['metrics'][metric]:.4f}{extra}", m["weights_sha256"][:16])
     console.print(f"[bold]{summary['dataset']['name']}[/] fingerprint {summary['dataset']['fingerprint'][:16]}…, "
                   f"seed {cfg.seed}", markup=True, highlight=False)
     console.print(table)
@@ -619,10 +620,13 @@ def attack(run_dir: Optional[Path] = typer.Option(None, "--run", help="Run folde
            step_size: Optional[float] = typer.Option(None, "--step-size", min=0.0, help="embedding-pgd input step "
                                                      "(default: calib run's, 2.5 * cap / steps; without --cap the "
                                                      "cap in that rule is the global budget, 0.3 L-inf / 2.0 L2)."),
-           method: Optional[str] = typer.Option(None, "--projection", help="embedding-pgd: newton (calib run's "
-                                                "default, stronger) or bisection (cheaper)."),
+           method: Optional[str] = typer.Option(None, "--projection", help="embedding-pgd: tangent (calib run's "
+                                                "default: a Newton step on the ball's linearisation at the last "
+                                                "iterate, then fresh Newton steps for misses), newton (from the "
+                                                "candidate; slower) or bisection (cheapest, weakest)."),
            newton_iters: Optional[int] = typer.Option(None, "--newton-iters", min=1, help="embedding-pgd: Newton "
-                                                      "steps (default: calib run's, 2)."),
+                                                      "steps (tangent: for points still outside; default: calib "
+                                                      "run's, 2)."),
            cap: Optional[float] = typer.Option(None, "--cap", help="embedding-pgd: input-norm cap."),
            out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RUN/attacks)."),
            device: str = DeviceOpt, no_progress: bool = NoProgressOpt) -> None:

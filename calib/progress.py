@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class _Task:
     status: str = ""
     start: float = field(default_factory=time.perf_counter)
     logged: float = field(default_factory=time.perf_counter)
+    finished: bool = False
 
 
 class LogProgress:
@@ -45,6 +47,25 @@ class LogProgress:
     def __init__(self, every: float = LOG_EVERY) -> None:
         self.every = every
         self.tasks: dict[int, _Task] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "LogProgress":
+        """Also log from a background thread, so one long step between updates still reports."""
+        def beat() -> None:
+            while not self._stop.wait(self.every / 2):
+                for t in list(self.tasks.values()):
+                    self._maybe_log(t)
+
+        self._thread = threading.Thread(target=beat, name="calib-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
     def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
         tid = len(self.tasks)
@@ -76,16 +97,20 @@ class LogProgress:
             share = min(t.completed / t.total, 1.0)
             eta = elapsed * (1 - share) / share if share > 0 else float("nan")
             eta_s = _fmt(eta) if share > 0 else "unknown"
-            return (f"{t.description}: {t.completed:g}/{t.total:g} ({100 * share:.0f} %), {_fmt(elapsed)} elapsed, "
+            return (f"{t.description}: {t.completed:.4g}/{t.total:.4g} ({100 * share:.0f} %), {_fmt(elapsed)} elapsed, "
                     f"ETA {eta_s}{status}")
         return f"{t.description}: {t.completed:g} done, {_fmt(elapsed)} elapsed{status}"
 
     def _maybe_log(self, t: _Task) -> None:
-        now = time.perf_counter()
-        done = t.total is not None and t.completed >= t.total
-        if now - t.logged >= self.every or (done and now - t.start >= self.every):
-            log.info("%s", self.line(t))
-            t.logged = now if not done else float("inf")
+        with self._lock:
+            if t.finished:
+                return
+            now = time.perf_counter()
+            done = t.total is not None and t.completed >= t.total
+            if now - t.logged >= self.every or (done and now - t.start >= self.every):
+                log.info("%s", self.line(t))
+                t.logged = now
+            t.finished = done
 
 
 @contextlib.contextmanager
@@ -95,7 +120,11 @@ def progress(enabled: bool = True) -> Iterator[Any]:
     from rich.console import Console
 
     if not enabled or not Console(stderr=False).is_terminal:
-        yield LogProgress()
+        reporter = LogProgress().start()
+        try:
+            yield reporter
+        finally:
+            reporter.stop()
         return
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)

@@ -56,10 +56,11 @@ def test_pgd_outputs_are_always_feasible(shape, norm, steps, rs, restarts, nan, 
     if zero:
         assert torch.equal(r.x_adv[0], x[0])
     assert model.training  # mode restored (TinyNet starts in train mode)
+    assert all(p.requires_grad and p.is_contiguous() for p in model.parameters())  # flags and layout restored
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=inputs, method=st.sampled_from(["bisection", "newton"]), iters=st.integers(1, 4),
+@given(shape=inputs, method=st.sampled_from(["bisection", "newton", "tangent"]), iters=st.integers(1, 4),
        cap=st.one_of(st.none(), st.floats(0.0, 0.5)), nan=st.booleans(), segment=st.sampled_from(["previous", "clean"]))
 def test_embedding_pgd_outputs_stay_in_the_embedding_ball(shape, method, iters, cap, nan, segment):
     n, seed = shape
@@ -69,8 +70,8 @@ def test_embedding_pgd_outputs_stay_in_the_embedding_ball(shape, method, iters, 
     eps_emb = torch.from_numpy(rng.uniform(0, 0.5, n).astype(np.float32))
     eps_emb[0] = 0.0
     f, g = TinyNet(seed, nan=nan), TinyNet(seed + 1, out=4, normalize=True)
-    r = embedding_pgd(f, g, x, y, eps_emb, cap=cap, method=method, iters=iters, segment=segment, steps=3,
-                      step_size=0.1)
+    r = embedding_pgd(f, g, x, y, eps_emb, cap=cap, method=method, iters=iters, newton_iters=iters, segment=segment,
+                      steps=3, step_size=0.1)
     g.eval()
     with torch.no_grad():
         shift = torch.linalg.vector_norm(g(r.x_adv) - g(x), dim=1)

@@ -212,6 +212,8 @@ class RunConfig:
             from calib.models.external import parse
 
             parse(self.classifier)
+        if self.max_calibration is False:  # a config file's way to say "no cap"
+            object.__setattr__(self, "max_calibration", None)
         if self.max_calibration is not None and self.max_calibration < 2:
             raise ConfigError(f"max_calibration must be >= 2; got {self.max_calibration}")
         if self.seed < 0:

@@ -194,6 +194,8 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
             continue
         info = m.get("info", {})
         met = info.get("metrics", {})
+        if stem == "classifier" and info.get("external"):
+            what = f"classifier f: yours, {info['external']} (not trained by calib)"
         score = (f"accuracy {met['test_accuracy']:.4f}" if "test_accuracy" in met else
                  f"P@1 {met.get('test_precision_at_1', float('nan')):.4f}, MAP@R {met.get('test_map_at_r', float('nan')):.4f}")
         if "lipschitz_l2" in met:

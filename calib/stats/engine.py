@@ -56,6 +56,12 @@ class StatsConfig:
             All pairs of MNIST's 10k are 5·10^7 (about a minute on 2 cores); Fashion-MNIST's 70k are
             2.45·10^9 (about 40 minutes for L-inf, L1 and L2) for a descriptive heat map; the subset's
             error is measured by ``bench/matrix_subset.py``.
+        max_pairs: a pair with more query x reference pairs than this (``train-train`` and ``test-train``
+            of Fashion-MNIST's 58,000 training images: 3.4·10^9 and 5.8·10^8) uses a seeded, stratified
+            subset of ``max_pairs / references`` queries, each searched exactly against the whole
+            reference part (recorded as ``pair_subsets``); ``None``: every query. Pairs whose queries are
+            the calibration part, where budgets are measured, always use every query. MNIST 10k's pairs
+            (at most 7.2·10^7) are below the limit.
         seed: sampling seed.
         backend: nearest-neighbour backend (``auto``: faiss l2, numba linf/l1; ``faiss`` for all).
         use_gpu: faiss-gpu for l2 searches when available.
@@ -68,6 +74,7 @@ class StatsConfig:
     matrix_modes: tuple[str, ...] = ("sampled", "exact")
     n_per_class: int = 100
     exact_max_points: int | None = 10_000
+    max_pairs: int | None = 200_000_000
     seed: int = 0
     backend: str = "auto"
     use_gpu: bool = False
@@ -243,27 +250,45 @@ def compute_stats(dataset: Dataset, splits: Splits, config: StatsConfig = StatsC
                                             "rule": "stratified by class, seeded"}}
         log.info("exact class-pair matrices over a stratified subset of %d of the %d points", len(msets["exact"]),
                  len(mset))
-    total = len(config.spaces()) * (len(config.pairs) + sum(
-        n_blocks(len(msets[m]), m, dataset.num_classes) for m in config.matrix_modes))
+    # progress in millions of distances (times the dimension): the units of work, so the ETA means something
+    dims = {space: flat[space].shape[1] for space in flat}
+    queries = {p: _part(splits, dataset, p.split("-")[0]) for p in config.pairs}
+    for p, qi in queries.items():
+        n_ref = len(_part(splits, dataset, p.split("-")[1]))
+        if (config.max_pairs is not None and p.split("-")[0] != "calibration"
+                and len(qi) * n_ref > config.max_pairs):
+            keep = max(config.max_pairs // max(n_ref, 1), 10 * dataset.num_classes)
+            queries[p] = qi[stratified_subset(dataset.labels[qi], keep, config.seed)]
+            meta.setdefault("pair_subsets", {})[p] = {"queries": int(len(queries[p])), "of": int(len(qi)),
+                                                      "rule": "stratified by class, seeded; exact search"}
+            log.info("pair %s: %d of the %d queries (stratified), each searched exactly", p, len(queries[p]), len(qi))
+    n_pair = {p: len(queries[p]) * len(_part(splits, dataset, p.split("-")[1])) for p in config.pairs}
+    n_matrix = {m: (len(msets[m]) ** 2 / 2 if m == "exact" else (config.n_per_class * dataset.num_classes) ** 2)
+                for m in config.matrix_modes}
+    work = {(space, key): dims[space] * n / 1e9 for space, _ in config.spaces()
+            for key, n in (*n_pair.items(), *n_matrix.items())}
+    total = sum(work[(space, key)] for space, _ in config.spaces() for key in (*config.pairs, *config.matrix_modes))
     with progress(show_progress) as bar:
-        task = bar.add_task("statistics", total=total, status="")
+        task = bar.add_task("statistics (10^9 distance terms)", total=round(total, 1), status="")
         for space, norm in config.spaces():
             x = flat[space]
             shape = dataset.image_shape if space == "input" else None
             for pair in config.pairs:
                 qname, rname = pair.split("-")
                 bar.update(task, status=f"{space}/{norm} {pair}")
-                qi, ri = _part(splits, dataset, qname), _part(splits, dataset, rname)
+                qi, ri = queries[pair], _part(splits, dataset, rname)
                 nn = same_diff(x[qi], dataset.labels[qi], x[ri], dataset.labels[ri], norm,
                                self_match=qname == rname, backend=config.backend, use_gpu=config.use_gpu,
-                               image_shape=shape)
+                               image_shape=shape, self_index=np.searchsorted(ri, qi) if qname == rname else None)
                 stats.pairs[(space, norm, pair)] = PairStats(dataset.labels[qi], qi, ri, nn)
-                bar.advance(task)
+                bar.advance(task, work[(space, pair)])
             for mode in config.matrix_modes:
                 bar.update(task, status=f"{space}/{norm} {mode} class-pair matrix")
+                step = work[(space, mode)] / n_blocks(len(msets[mode]), mode, dataset.num_classes)
                 stats.matrices[(space, norm, mode)] = class_pair_stats(
                     x[msets[mode]], dataset.labels[msets[mode]], norm, dataset.num_classes, mode=mode,
-                    n_per_class=config.n_per_class, seed=config.seed, on_block=lambda: bar.advance(task))
+                    n_per_class=config.n_per_class, seed=config.seed,
+                    on_block=lambda step=step: bar.advance(task, step))
     stats.meta["seconds"] = time.perf_counter() - t0
     log.info("statistics computed in %.1f s", stats.meta["seconds"])
     return stats

