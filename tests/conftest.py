@@ -84,6 +84,22 @@ TINY = dict(classifier_epochs=3, embedding_epochs=3, tsne_points=300, progress=F
             attack=AttackConfig(n=80, steps=5))
 
 
+#: the same tiny run as a config file (for CLI tests)
+TINY_TOML = """dataset = "digits"
+classifier_epochs = 3
+embedding_epochs = 3
+tsne_points = 300
+progress = false
+[semantic]
+norms = ["linf"]
+iters = 3
+steps = 3
+[attack]
+n = 80
+steps = 5
+"""
+
+
 def tiny(tmp: Path, **kw):
     from calib.pipeline import RunConfig
 

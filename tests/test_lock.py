@@ -92,19 +92,7 @@ def test_a_bug_exits_3_with_the_traceback_saved(tiny_run, capsys, monkeypatch):
     assert "ZeroDivisionError" in err and "calib-internal-error-" in err and not tmp.exists()
 
 
-TINY_TOML = """dataset = "digits"
-classifier_epochs = 3
-embedding_epochs = 3
-tsne_points = 300
-progress = false
-[semantic]
-norms = ["linf"]
-iters = 3
-steps = 3
-[attack]
-n = 80
-steps = 5
-"""
+from conftest import TINY_TOML  # noqa: E402
 
 
 @pytest.mark.slow

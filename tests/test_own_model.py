@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 import cli
 from calib.data import load_dataset, split_dataset
 from calib.errors import ConfigError, DataError
+from conftest import TINY_TOML
 
 MODULE = textwrap.dedent('''
     import torch
@@ -85,18 +86,7 @@ def user_model(tmp_path_factory, digits_splits):
 
 def _run_args(out: Path, folder: Path, *extra: str) -> list[str]:
     cfg = out.parent / f"{out.name}.toml"
-    cfg.write_text(textwrap.dedent('''
-        embedding_epochs = 3
-        tsne_points = 300
-        progress = false
-        [semantic]
-        norms = ["linf"]
-        iters = 3
-        steps = 3
-        [attack]
-        n = 80
-        steps = 5
-    '''))
+    cfg.write_text(TINY_TOML)
     return ["run", "--config", str(cfg), "--out", str(out), "--classifier", f"{folder / 'mymodels.py'}:make",
             "--classifier-weights", str(folder / "weights.safetensors"), *extra]
 
