@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 from calib.data import load_dataset, split_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+#: MNIST's IDX files: $CALIB_TEST_MNIST, else the shared data folder beside the clone (CI)
+SHARED_MNIST = Path(os.environ.get("CALIB_TEST_MNIST") or ROOT.parent / "shared" / "data" / "mnist")
 
 
 @pytest.fixture(scope="session")

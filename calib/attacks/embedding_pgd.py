@@ -128,26 +128,13 @@ class EmbeddingBall:
         return start + lo.view(shape) * (cand - start), d_at_lo
 
     def _newton(self, x: torch.Tensor, cand: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        eps = self.eps[idx]
-        shape = (-1,) + (1,) * (x.dim() - 1)
         cur = cand.clone()
         for _ in range(self.newton_iters):
-            z = cur.detach().requires_grad_(True)
-            with torch.enable_grad():
-                h = torch.linalg.vector_norm(self.g(z) - self.anchor[idx], dim=1)
-                (grad,) = torch.autograd.grad(h.sum(), z)
-            self.stats["g_forward"] += int(idx.numel())
-            self.stats["g_backward"] += int(idx.numel())
+            h, grad = self._value_and_normal(cur, idx)
             with torch.no_grad():
-                grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-                # the step is -c * grad: drop components the box would clip (projected Newton step)
-                grad = torch.where(((cur <= 0) & (grad > 0)) | ((cur >= 1) & (grad < 0)), 0.0, grad)
-                gn2 = grad.flatten(1).pow(2).sum(1).clamp_min(1e-12)
-                excess = (h.detach() - eps * (1 - self.newton_margin)).clamp_min(0)  # aim a little inside
-                cur = cur - (excess / gn2).view(shape) * grad
-                cur = self._box_and_cap(x, cur, idx)
+                cur = self._newton_step(x, cur, h, grad, idx)  # aims a little inside, box and cap after
         d = self.distance(cur, idx)
-        return cur, d <= eps, d
+        return cur, d <= self.eps[idx], d
 
     def _value_and_normal(self, z: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h = ||g(z) - g(x)|| and its gradient (one forward and one backward pass of g)."""
