@@ -76,22 +76,26 @@ class KnnJudge(Judge):
     def class_distances(self, z: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """(N, K) mean distance from embeddings ``z`` (N, d) to the k nearest references of each class.
 
-        The nearest references are found on ``||r||^2 - 2 z.r`` (one GEMM with the bias added in place;
-        ``||z||^2`` is the same for every reference of a row, and the square root is monotone), and only
-        the N x K (x k) winners are turned into distances. The result is the same as taking the square
-        root of every squared distance first; the N x R passes drop from about six to two, which is what
-        a large reference set (Fashion-MNIST: 58,000) costs in the judges' radius searches."""
+        The nearest references are *found* without a gradient, on ``||r||^2 - 2 z.r`` (one GEMM with the
+        bias added in place; ``||z||^2`` is the same for every reference of a row and the square root is
+        monotone); only the N x K (x k) winners are then turned into distances ``||z - r||``, and only
+        those carry a gradient. Values and gradients equal those of the square root over every
+        squared distance (the minimum's gradient flows to its winner alone), but the backward pass no
+        longer touches the N x R matrix: about 10x less work per attack step against a large reference
+        set (Fashion-MNIST: 58,000), which is what the judges' radius searches spend their time on."""
         ref = self.reference64 if exact else self.reference
         z = z.double() if exact else z
         rr = self._ref_sq64 if exact else self._ref_sq
-        part = torch.addmm(rr[None].expand(z.shape[0], -1), z, ref.T, beta=1.0, alpha=-2.0)
-        zz = (z * z).sum(1, keepdim=True)
-        cols = []
-        for c in range(self.num_classes):
-            block = part[:, self.bounds[c]:self.bounds[c + 1]]
-            cols.append(block.amin(1, keepdim=True) if self.k == 1 else block.topk(self.k, 1, largest=False).values)
-        sq = torch.stack(cols, 1) + zz[:, :, None]  # (N, K, k)
-        return torch.sqrt(sq.clamp_min(0) + (0.0 if exact else 1e-12)).mean(2)
+        with torch.no_grad():
+            part = torch.addmm(rr[None].expand(z.shape[0], -1), z.detach(), ref.T, beta=1.0, alpha=-2.0)
+            cols = []
+            for c in range(self.num_classes):
+                block = part[:, self.bounds[c]:self.bounds[c + 1]]
+                local = block.argmin(1, keepdim=True) if self.k == 1 else block.topk(self.k, 1, largest=False).indices
+                cols.append(local + int(self.bounds[c]))
+            idx = torch.stack(cols, 1)  # (N, K, k) rows of the reference
+        sq = ((z[:, None, None, :] - ref[idx]) ** 2).sum(-1)
+        return torch.sqrt(sq + (0.0 if exact else 1e-12)).mean(2)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return -self.class_distances(self.g(x))
