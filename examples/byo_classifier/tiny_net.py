@@ -18,9 +18,9 @@ class TinyNet(nn.Module):
         self.register_buffer("mean", torch.full((1, channels, 1, 1), mean))
         self.register_buffer("std", torch.full((1, channels, 1, 1), std))
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(64, classes)
 

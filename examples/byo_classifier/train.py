@@ -54,6 +54,15 @@ def main() -> None:
             opt.step()
             total += float(loss) * len(b)
         log.info("epoch %d: training loss %.4f", epoch + 1, total / len(y))
+    # batch-norm statistics of the final weights (the running averages lag behind the last steps)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over this pass
+    with torch.no_grad():
+        for s in range(0, len(y), 512):
+            model(x[s:s + 512])
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.out)
     log.info("saved %s", args.out)
 
