@@ -49,8 +49,10 @@ def test_pgd_outputs_are_always_feasible(shape, norm, steps, rs, restarts, nan, 
     if zero:
         eps[0] = 0.0
     model = TinyNet(seed, nan=nan)
+    calls = []
     r = pgd(ClassifierLoss(model, y, loss), x, eps, norm, steps=steps, random_start=rs, restarts=restarts,
-            seed=seed)
+            seed=seed, on_step=lambda: calls.append(1))
+    assert len(calls) == steps * restarts  # progress hears of every step
     assert 0 <= r.x_adv.min() and r.x_adv.max() <= 1
     assert (perturbation_norms(x, r.x_adv, norm) <= eps.double() + 1e-6).all()
     if zero:

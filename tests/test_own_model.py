@@ -322,6 +322,7 @@ def test_colour_run_with_explicit_split_end_to_end(digits, tmp_path, capsys):
     assert summary["splits"]["test"]["num_samples"] == len(y) - 1400
     html = (out / "report.html").read_text(encoding="utf-8")
     assert html.replace(" ", "").count('"type":"image"') > 50  # galleries in colour (plotly's template names it 11 times)
+    assert "largest |change| over the RGB channels" in html and "blue = brighter" not in html  # the caption says so
     table = json.loads((out / "eps_table.json").read_text())
     eps = table["budgets"]["input/linf"]["eps"]
     assert len(eps) == 10 and all(0 <= e < 1 for e in eps) and max(eps) > 0

@@ -31,6 +31,7 @@ passes of g it cost (in samples), reported in ``AttackResult.info["projection"]`
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -224,7 +225,8 @@ def embedding_pgd(model: nn.Module, embedding: nn.Module, x: torch.Tensor, y: to
                   cap: Any = None, cap_norm: str = "linf", method: str = "bisection", iters: int = 1,
                   newton_iters: int = 1, segment: str = "previous", steps: int = 10, step_size: float = 0.02,
                   loss: str = "ce",
-                  random_start: bool = False, restarts: int = 1, seed: int = 0) -> AttackResult:
+                  random_start: bool = False, restarts: int = 1, seed: int = 0,
+                  on_step: Callable[[], None] | None = None) -> AttackResult:
     """PGD on the classifier loss, projected onto the embedding ball ``||g(x') - g(x)|| <= eps_emb``.
 
     Args:
@@ -235,6 +237,7 @@ def embedding_pgd(model: nn.Module, embedding: nn.Module, x: torch.Tensor, y: to
             is the whole box (radius 1 in L-inf).
         step_size: absolute input step (L-inf sign steps of this size, or L2 steps).
         method / iters / newton_iters / segment: projection (see the module docstring).
+        on_step: called after every PGD step (progress).
 
     Returns an :class:`AttackResult` whose ``info["projection"]`` reports the projection's
     activity and cost, and whose every example is checked: box, cap, and embedding distance
@@ -248,7 +251,8 @@ def embedding_pgd(model: nn.Module, embedding: nn.Module, x: torch.Tensor, y: to
         ball = EmbeddingBall(embedding, x, e_emb, method=method, iters=iters, newton_iters=newton_iters,
                              segment=segment, cap=cap_t, cap_norm=cap_norm)
         res = pgd(ClassifierLoss(model, y, loss), x, cap_t, cap_norm, steps=steps, step_size=step_size,
-                  random_start=random_start, restarts=restarts, seed=seed, projector=ball, check=False)
+                  random_start=random_start, restarts=restarts, seed=seed, projector=ball, check=False,
+                  on_step=on_step)
         with torch.no_grad():
             d = torch.linalg.vector_norm(embedding(res.x_adv) - ball.anchor, dim=1)
         bad = d > e_emb + 1e-6

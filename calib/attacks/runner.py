@@ -1,6 +1,7 @@
 """Run one attack over a dataset part in batches and summarise it per class (``calib attack``)."""
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -75,25 +76,29 @@ def run_attack(spec: AttackSpec, classifier: nn.Module, embedding: nn.Module | N
     proj: dict[str, float] = {}
     t0 = time.perf_counter()
     with progress(show_progress) as bar:
-        task = bar.add_task(spec.attack, total=n, status="")
+        # sample-steps, so a batch that takes minutes still moves the bar (and the plain log's ETA)
+        per_sample = 1 if spec.attack == "fgsm" else spec.steps * spec.restarts
+        task = bar.add_task(spec.attack, total=n * per_sample, status="")
         for s in range(0, n, batch_size):
             x = torch.from_numpy(images[s:s + batch_size]).to(device)
             y = torch.from_numpy(labels[s:s + batch_size]).to(device)
             budget = spec.eps if spec.eps is not None else table
+            step = functools.partial(bar.advance, task, len(y))
             if spec.attack == "fgsm":
-                r = fgsm(ClassifierLoss(classifier, y, spec.loss), x, budget, spec.norm, labels=y, seed=spec.seed)
+                r = fgsm(ClassifierLoss(classifier, y, spec.loss), x, budget, spec.norm, labels=y, seed=spec.seed,
+                         on_step=step)
             elif spec.attack == "pgd":
                 r = pgd(ClassifierLoss(classifier, y, spec.loss), x, budget, spec.norm, steps=spec.steps,
-                        restarts=spec.restarts, rel_step=spec.rel_step, labels=y, seed=spec.seed)
+                        restarts=spec.restarts, rel_step=spec.rel_step, labels=y, seed=spec.seed, on_step=step)
             elif spec.attack == "shift":
                 r = pgd(EmbeddingShift(embedding, x), x, budget, spec.norm, steps=spec.steps, restarts=spec.restarts,
-                        rel_step=spec.rel_step, labels=y, seed=spec.seed)
+                        rel_step=spec.rel_step, labels=y, seed=spec.seed, on_step=step)
             else:
                 r = embedding_pgd(classifier, embedding, x, y, budget, cap=spec.cap, cap_norm=spec.norm,
                                   method=spec.method, iters=spec.iters, newton_iters=spec.newton_iters,
                                   segment=spec.segment, steps=spec.steps,
                                   step_size=spec.step_size,
-                                  loss=spec.loss, restarts=spec.restarts, seed=spec.seed)
+                                  loss=spec.loss, restarts=spec.restarts, seed=spec.seed, on_step=step)
                 for key, v in r.info["projection"].items():
                     if isinstance(v, (int, float)) and not isinstance(v, bool):
                         proj[key] = proj.get(key, 0) + v
@@ -102,7 +107,6 @@ def run_attack(spec: AttackSpec, classifier: nn.Module, embedding: nn.Module | N
             for key, v in (("x_adv", r.x_adv), ("success", r.success), ("loss", r.loss), ("eps", r.eps),
                            ("pred", pred)):
                 out[key].append(v.detach().cpu().numpy())
-            bar.advance(task, len(y))
     arrays = {k: np.concatenate(v) for k, v in out.items()}
     xa, xc = torch.from_numpy(arrays["x_adv"]), torch.from_numpy(images)
     for nm in ("linf", "l2", "l1"):

@@ -92,7 +92,8 @@ def resolve_eps(eps: Any, n: int, device: torch.device, labels: torch.Tensor | N
 def pgd(objective, x: torch.Tensor, eps: Any, norm: str = "linf", *, steps: int = 10,
         rel_step: float | None = None, step_size: float | None = None, random_start: bool = True,
         restarts: int = 1, seed: int = 0, projector: Projector | None = None, labels: torch.Tensor | None = None,
-        space: str = "input", check: bool = True, early_stop: bool = False) -> AttackResult:
+        space: str = "input", check: bool = True, early_stop: bool = False,
+        on_step: Callable[[], None] | None = None) -> AttackResult:
     """Maximise ``objective`` over the per-sample ball; see the module docstring.
 
     Args:
@@ -108,6 +109,7 @@ def pgd(objective, x: torch.Tensor, eps: Any, norm: str = "linf", *, steps: int 
         random_start: start uniformly in the ball.
         seed: seeds the random starts (a private generator; global RNG untouched).
         projector: ``projector(x, x_prev, x_candidate) -> x_feasible``, applied after every step.
+        on_step: called after every step of every restart (progress), not with ``early_stop``.
         early_stop: a sample whose iterate already succeeds (by ``objective.succeeded(loss)``, read
             from the step's own forward pass) keeps that iterate and leaves the batch; for searches
             that only need *a* successful example per sample (minimum-norm bisection). Needs an
@@ -147,6 +149,8 @@ def pgd(objective, x: torch.Tensor, eps: Any, norm: str = "linf", *, steps: int 
                     cand = x_adv + alpha * nrm.direction(grad)
                     cand = torch.clamp(x + nrm.project(cand - x, e), 0.0, 1.0)
                     x_adv = projector(x, x_adv.detach(), cand) if projector is not None else cand
+                if on_step is not None:
+                    on_step()
             with torch.no_grad():
                 x_adv = x_adv.detach()
                 loss, succ = objective.evaluate(x_adv)

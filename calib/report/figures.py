@@ -371,8 +371,8 @@ def perturbation_plane(x: np.ndarray, x_adv: np.ndarray) -> tuple[np.ndarray, bo
 
 def gallery(x: np.ndarray, x_adv: np.ndarray, audit_arrays: dict[str, np.ndarray], class_names: Sequence[str],
             picks: list[int]) -> Any:
-    """Rows of (original, perturbation on a diverging scale, adversarial), two examples per row,
-    each titled with the prediction and the audit verdict."""
+    """Rows of (original, perturbation (signed on a diverging scale, or its magnitude in colour), adversarial),
+    two examples per row, each titled with the prediction and the audit verdict."""
     from plotly.subplots import make_subplots
 
     go = _go()
