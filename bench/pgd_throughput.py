@@ -20,9 +20,11 @@ from pathlib import Path
 import torch
 
 from calib.attacks import ClassifierLoss, embedding_pgd, pgd
+from calib.attacks.embedding_pgd import EmbeddingBall
 from calib.budgets import load_table
 from calib.data import load_dataset, split_dataset
 from calib.models import load_model
+from calib.perturb.pgd import eval_mode
 from calib.pipeline.config import AttackConfig, embedding_step
 
 
@@ -93,26 +95,23 @@ def main() -> None:
         return [embedding_pgd(f, g, x[s:s + b], y[s:s + b], eps_emb[s:s + b], cap=cap, method=method, steps=steps,
                               step_size=step, **kw) for s in range(0, len(y), b)]
 
-    class OneGPass:
-        """Not a projection: one forward+backward pass of g per step, the least any method that checks
-        every iterate in embedding space and takes its ball's normal must pay (the floor)."""
-
-        def __init__(self, xb):
-            self.anchor = g(xb).detach()
-
-        def __call__(self, x0, x_prev, cand):
-            z = cand.detach().requires_grad_(True)
-            with torch.enable_grad():
-                h = torch.linalg.vector_norm(g(z) - self.anchor, dim=1)
-                torch.autograd.grad(h.sum(), z)
-            return cand
-
     def floor():
-        from calib.perturb.pgd import eval_mode
+        """Plain PGD plus, per step, the one forward+backward pass of g that the tangent projection takes
+        (``EmbeddingBall._value_and_normal``), without projecting: the least any method that checks every
+        iterate in embedding space and uses its ball's normal must pay."""
+        out = []
         with eval_mode(f, g):
-            return [pgd(ClassifierLoss(f, y[s:s + b]), x[s:s + b], cap, "linf", steps=steps, step_size=step,
-                        random_start=False, projector=OneGPass(x[s:s + b]), check=False)
-                    for s in range(0, len(y), b)]
+            for s in range(0, len(y), b):
+                ball = EmbeddingBall(g, x[s:s + b], eps_emb[s:s + b])
+                idx = torch.arange(len(y[s:s + b]))
+
+                def one_pass(x0, x_prev, cand, ball=ball, idx=idx):
+                    ball._value_and_normal(cand, idx)
+                    return cand
+
+                out.append(pgd(ClassifierLoss(f, y[s:s + b]), x[s:s + b], cap, "linf", steps=steps, step_size=step,
+                               random_start=False, projector=one_pass, check=False))
+        return out
 
     variants = [("newton", {"newton_iters": 2}), ("tangent", {"newton_iters": 1}), ("tangent", {"newton_iters": 2}),
                 ("bisection", {"segment": "previous", "iters": 1})]

@@ -307,15 +307,15 @@ def write_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     page.add("</section>")
 
     # ---- galleries ---------------------------------------------------------------------------------
-    shown = [(name, a, att) for name, a in audits.items()
-             if (att := _load_npz(run_dir / "attacks" / f"{name}.npz")) is not None and "x" in att]
-    colour = any(att["x"].shape[1] > 1 for _, _, att in shown)
-    scale = ("its magnitude, the largest |change| over the RGB channels per pixel (white = unchanged)" if colour
-             else "diverging scale: blue = brighter, red = darker")
+    scale = ("its magnitude, the largest |change| over the RGB channels per pixel (white = unchanged)"
+             if meta_ds["image_shape"][0] > 1 else "diverging scale: blue = brighter, red = darker")
     page.add('<section id="galleries"><h2>Galleries</h2><p class="note">Per attack: original, perturbation '
              f'({scale}) and adversarial image, successful examples first, with the prediction and the audit '
              'verdict.</p>')
-    for name, a, att in shown:
+    for name, a in audits.items():
+        att = _load_npz(run_dir / "attacks" / f"{name}.npz")  # one attack's images in memory at a time
+        if att is None or "x" not in att:
+            continue
         picks = F.pick_gallery(a.arrays, gallery_per_class)
         page.add(f"<h3>{esc(name)}</h3>")
         page.figure(F.gallery(att["x"], att["x_adv"], a.arrays, names, picks), f"gallery-{name}")
