@@ -118,6 +118,30 @@ def test_own_classifier_end_to_end_on_digits(user_model, tmp_path, capsys, digit
     assert "· classifier: cached" in capsys.readouterr().out
 
 
+def test_own_classifier_at_chance_is_imported_with_a_warning(user_model, tmp_path, caplog, digits, digits_splits):
+    """Weights that fit the module but not the data (here: untrained) are not bad input: the classifier
+    stage measures the accuracy, saves the model, and warns that it is near chance."""
+    from types import SimpleNamespace
+
+    from calib.pipeline.run import _import_classifier
+
+    folder, _ = user_model
+    untrained = folder / "untrained.safetensors"
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    save_file({k: v.contiguous() for k, v in linear.state_dict().items()}, str(untrained))
+    (folder / "linear.py").write_text("from torch import nn\n\ndef make():\n"
+                                      "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n")
+    config = SimpleNamespace(classifier=f"{folder / 'linear.py'}:make", classifier_weights=untrained)
+    ctx = SimpleNamespace(config=config, dataset=digits, splits=digits_splits, device="cpu", run_dir=tmp_path,
+                          forget_models=lambda: None)
+    with caplog.at_level("WARNING", logger="calib.pipeline.run"):
+        info = _import_classifier(ctx)
+    assert info["metrics"]["test_accuracy"] < 0.2
+    assert any("near chance" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "models" / "classifier.safetensors").exists()
+
+
 def test_own_classifier_audit_of_imported_examples_records_whose_predictions(user_model, tmp_path, capsys):
     folder, model = user_model
     out = tmp_path / "run"

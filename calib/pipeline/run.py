@@ -209,6 +209,9 @@ def _import_classifier(ctx: PipelineContext) -> dict[str, Any]:
                                  "weights_file_sha256": sha256_file(cfg.classifier_weights)})
     ctx.forget_models()
     log.info("classifier %s: clean accuracy %.4f on the %d test images", cfg.classifier, acc, test.labels.size)
+    if acc < 2.0 / ds.num_classes:  # a model that fits but does not know this data: say so, then audit it anyway
+        log.warning("classifier %s: clean accuracy %.4f is near chance (1/%d); were its weights trained on this "
+                    "data set and split?", cfg.classifier, acc, ds.num_classes)
     return {"metrics": metrics, "weights_sha256": saved["weights_sha256"], "training_seconds": 0.0,
             "external": cfg.classifier, "seconds": time.perf_counter() - t0}
 
