@@ -40,7 +40,7 @@ from calib.human import agreement, check_sets, load_human_sets
 from calib.io import to_jsonable, write_json
 from calib.judges import EnsembleJudge, KnnJudge
 from calib.judges.ensemble import clean_margins, scale_of
-from calib.pipeline.context import load_run
+from calib.runfolder import open_run
 from calib.train import TrainConfig, train_embedding
 from calib.train.adversarial import AdversarialMix
 
@@ -64,11 +64,11 @@ def main() -> None:
     ap.add_argument("--augment", action="store_true", help="also train g with natural augmentation")
     ap.add_argument("--robust-eps", default="", help="comma-separated radii of extra robust embeddings")
     args = ap.parse_args()
-    ctx = load_run(args.run)
+    ctx = open_run(args.run)
     sets = load_human_sets(args.human)
     indices = check_sets(ctx, sets)
     ds, tr, cal = ctx.dataset, ctx.splits.train, ctx.splits.calibration
-    run_cfg = ctx.run_config
+    run_cfg = ctx.config
     judges = {}
     for name in ("classifier", "knn", "knn2", "robust", "lipschitz"):
         try:

@@ -21,9 +21,7 @@ import torch
 
 from calib.attacks import ClassifierLoss, embedding_pgd, pgd
 from calib.attacks.embedding_pgd import EmbeddingBall
-from calib.budgets import load_table
-from calib.data import load_dataset, split_dataset
-from calib.models import load_model
+from calib.runfolder import open_run
 from calib.perturb.pgd import eval_mode
 from calib.pipeline.config import AttackConfig, embedding_step
 
@@ -37,21 +35,16 @@ def timed(fn):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="reports/mnist-seed0")
-    ap.add_argument("--data-dir", default="../shared/data")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--skip-torchattacks", action="store_true")
     ap.add_argument("--reps", type=int, default=3, help="alternating repetitions; the best time is kept")
     args = ap.parse_args()
-    run = Path(args.run)
-    if not (run / "models" / "classifier.json").exists():
-        raise SystemExit(f"no models in {run}; run `calib run --dataset mnist --data-dir {args.data_dir}` first")
     import torchattacks
 
-    ds = load_dataset("mnist", args.data_dir)
-    test = split_dataset(ds, seed=0).test
-    f, _ = load_model(run / "models" / "classifier.json")
-    g, _ = load_model(run / "models" / "embedding.json")
+    folder = open_run(Path(args.run))
+    test = folder.split("test")
+    f, g = folder.model("classifier"), folder.model("embedding")
     x, y = torch.from_numpy(test.images), torch.from_numpy(test.labels)
     eps, steps, b = 0.3, args.steps, args.batch
 
@@ -81,7 +74,7 @@ def main() -> None:
               f"{len(y) / min(t_t):6.1f} img/s | difference {100 * (so - st):+.2f} pp | throughput ratio "
               f"calib/torchattacks x{min(t_t) / min(t_o):.2f}")
 
-    table = load_table(run / "eps_table.json")
+    table = folder.table()
     eps_emb = table.eps_for(y, "embedding", "l2").view(-1)
     cfg = AttackConfig()  # what `calib run` attacks with
     steps, cap = cfg.steps, float(cfg.global_eps["linf"])

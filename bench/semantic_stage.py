@@ -24,12 +24,7 @@ from calib.perturb.objectives import EmbeddingShift
 from calib.perturb.pgd import pgd
 from calib.budgets import Policy, geometric_budget
 from calib.budgets.semantic import robustness_radii, semantic_budget
-from calib.data import load_dataset, split_dataset
-from calib.io import read_json
-from calib.judges import JudgeConfig
-from calib.models import load_model
-from calib.pipeline.stages import run_judge
-from calib.stats import Stats
+from calib.runfolder import open_run
 
 
 def reference_semantic(g, x, y, eps_emb, eps_hi, norm, q=0.05, iters=7, steps=10, seed=0, batch=512):
@@ -59,24 +54,17 @@ def reference_semantic(g, x, y, eps_emb, eps_hi, norm, q=0.05, iters=7, steps=10
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="reports/mnist-seed0")
-    ap.add_argument("--data-dir", default="../shared/data")
     ap.add_argument("--norms", default="linf,l2")
     ap.add_argument("--judges", default="knn", help="comma-separated judges to time (their models must exist)")
     args = ap.parse_args()
-    run = Path(args.run)
-    if not (run / "stats.npz").exists():
-        raise SystemExit(f"no run in {run}; run `calib run --dataset mnist --data-dir {args.data_dir}` first")
-    summary = read_json(run / "summary.json", SystemExit, "run summary")
-    cfg = summary["run"]
-    ds = load_dataset(cfg["dataset"], cfg.get("data_dir") or args.data_dir)
-    splits = split_dataset(ds, seed=int(cfg["seed"]), fractions=tuple(cfg["fractions"]))
-    stats = Stats.load(run)
+    folder = open_run(Path(args.run))
+    cfg, ds, splits, stats = folder.config, folder.dataset, folder.splits, folder.stats()
     policy = Policy(q=float(cfg["q"]), s=float(cfg["s"]))
     pe = stats.pair("embedding", "l2", "calibration-train")
     old_emb = geometric_budget(pe.nn.d_same, pe.nn.d_diff, pe.query_labels, ds.num_classes, policy).eps
     cal = splits.calibration
     x, y = cal.images, cal.labels
-    g, _ = load_model(run / "models" / "embedding")
+    g = folder.model("embedding")
     torch.set_num_threads(torch.get_num_threads())
     print(f"{cfg['dataset']}: {len(y)} calibration points, {torch.get_num_threads()} threads")
     t_ref = {}
@@ -87,9 +75,8 @@ def main() -> None:
         old = reference_semantic(g, x, y, old_emb, hi, norm, q=policy.q)
         t_ref[norm] = time.perf_counter() - t
         print(f"  reference {norm}: {t_ref[norm]:7.1f} s  budgets {np.round(old, 4).tolist()}")
-    jc = JudgeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (cfg.get("judge") or {}).items()})
     for name in args.judges.split(","):
-        judge = run_judge(name, run, ds, splits, jc)
+        judge = folder.judge(name)
         for norm in args.norms.split(","):
             t = time.perf_counter()
             r = robustness_radii(judge, x, y, norm, iters=8, steps=10)

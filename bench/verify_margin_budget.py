@@ -15,24 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from calib.budgets import load_table
-from calib.data import load_dataset, split_dataset
-from calib.io import read_json
-from calib.models import load_model
 from calib.models.infer import forward_batched
+from calib.runfolder import open_run
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="reports/mnist-seed0")
     args = ap.parse_args()
-    run = Path(args.run)
-    cfg = read_json(run / "summary.json", SystemExit, "run summary")["run"]
-    ds = load_dataset(cfg["dataset"], cfg.get("data_dir"))
-    sp = split_dataset(ds, seed=int(cfg["seed"]), fractions=tuple(cfg["fractions"]))
-    table = load_table(run / "eps_table.json")
-    q, s = table.policy["q"], table.policy["s"]
-    g, _ = load_model(run / "models" / "embedding")
+    folder = open_run(Path(args.run))
+    cfg, ds, sp, table = folder.config, folder.dataset, folder.splits, folder.table()
+    q, s = table.q, table.s
+    g = folder.model("embedding")
     ec = forward_batched(g, sp.calibration.images).numpy().astype(np.float64)
     et = forward_batched(g, sp.train.images).numpy().astype(np.float64)
     yc, yt = sp.calibration.labels, sp.train.labels
@@ -46,7 +40,7 @@ def main() -> int:
     eps = np.array([max(s * np.quantile(m[yc == c], q), 0.0) for c in range(ds.num_classes)])
     cov = np.array([(m[yc == c] > eps[c]).mean() for c in range(ds.num_classes)])
     got = table.eps("embedding", "l2")
-    got_cov = np.asarray(table.budgets["embedding/l2"]["coverage"])
+    got_cov = table.budget("embedding", "l2").coverage
     print(f"{cfg['dataset']}: {len(yc)} calibration points vs {len(yt)} training points, q = {q}, s = {s}")
     print(f"{'class':>6} {'table eps':>10} {'numpy eps':>10} {'table cov':>10} {'numpy cov':>10}  "
           f"{'d_same q':>9} {'d_diff/2 q':>10}")

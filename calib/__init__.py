@@ -11,4 +11,13 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 from calib.errors import ArtefactError, CalibError, ConfigError, DataError
 
-__all__ = ["__version__", "CalibError", "DataError", "ArtefactError", "ConfigError"]
+__all__ = ["__version__", "CalibError", "DataError", "ArtefactError", "ConfigError", "open_run"]
+
+
+def __getattr__(name: str):
+    """``calib.open_run(PATH)``: a run folder (imported on first use, so ``import calib`` stays light)."""
+    if name == "open_run":
+        from calib.runfolder import open_run
+
+        return open_run
+    raise AttributeError(f"module 'calib' has no attribute {name!r}")

@@ -114,7 +114,10 @@ def _doc(table):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.pop("version"), "missing version"),
-    (lambda d: d.update(version=3), "version 3 is not supported"),
+    (lambda d: d.update(version=4), "version 4 is not supported"),
+    (lambda d: d.update(version=2), "version 2 is not supported .*one string everywhere"),
+    (lambda d: d["policy"].update(semantic={"judge": {"name": "knn"}, "bound": "empirical"}),
+     "policy.semantic.judge must name the judge"),
     (lambda d: d.update(version=1), "version 1 is not supported .*1-NN margin"),
     (lambda d: d.update(schema="other"), "schema is 'other'"),
     (lambda d: d["dataset"].pop("fingerprint"), "fingerprint is missing"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cli
+from calib import cli
 from calib.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_stats_refuses_embedding_from_another_split(capsys, tmp_path):
 @pytest.mark.parametrize("content, message", [
     ("{oops", "not valid JSON"),
     ('{"schema": "calib-eps-table"}', "missing version"),
-    ('{"schema": "calib-eps-table", "version": 1}', "version 1 is not supported (this calib reads version 2): "
+    ('{"schema": "calib-eps-table", "version": 1}', "version 1 is not supported (this calib reads version 3): "
                                                      "version 2 computes the embedding budget as the 1-NN margin"),
 ])
 def test_table_check_bad_tables(capsys, tmp_path, content, message):
@@ -148,15 +148,15 @@ def test_attack_command_with_table_and_global_eps(capsys, tmp_path):
     assert table["policy"]["method"] == "final" and "semantic" in table["budgets"]["input/linf"]["components"]
     rc, out, err = call(capsys, "attack", "--run", str(run), "--attack", "pgd", "--n", "60", "--no-progress")
     assert rc == 0, err
-    summary = json.loads((run / "attacks" / "pgd-linf-table.json").read_text())
+    summary = json.loads((run / "attacks" / "pgd-table-linf-test.json").read_text())
     assert summary["n"] == 60 and summary["budget"] == "eps table"
-    with np.load(run / "attacks" / "pgd-linf-table.npz") as z:
+    with np.load(run / "attacks" / "pgd-table-linf-test.npz") as z:
         eps = np.asarray(table["budgets"]["input/linf"]["eps"])[z["labels"]]
         assert (z["dist_linf"] <= eps + 1e-6).all()
     rc, _, err = call(capsys, "attack", "--run", str(run), "--attack", "embedding-pgd", "--n", "30",
                       "--projection", "newton", "--no-progress")
     assert rc == 0, err
-    proj = json.loads((run / "attacks" / "embedding-pgd-linf-table.json").read_text())["projection"]
+    proj = json.loads((run / "attacks" / "embedding-pgd-table-linf-test.json").read_text())["projection"]
     assert proj["candidates"] > 0 and "g_forward_per_candidate" in proj
     rc, _, err = call(capsys, "attack", "--run", str(run), "--attack", "pgd", "--eps", "-1")
     assert rc == 2 and "eps" in err
@@ -167,9 +167,14 @@ def test_attack_command_with_table_and_global_eps(capsys, tmp_path):
     assert (run / "eps_table.json").read_bytes() == before
     rc, _, err = call(capsys, "budgets", "--run", str(run), "--semantic", "--judge", "classifier", "--semantic-norms",
                       "linf", "--semantic-iters", "2", "--semantic-steps", "2", "--no-progress")
+    assert rc == 2 and "judge knn -> classifier" in err and "--out" in err  # not the run's own table
+    assert (run / "eps_table.json").read_bytes() == before
+    rc, _, err = call(capsys, "budgets", "--run", str(run), "--semantic", "--judge", "classifier", "--semantic-norms",
+                      "linf", "--semantic-iters", "2", "--semantic-steps", "2", "--out", str(tmp_path / "clf.json"),
+                      "--no-progress")
     assert rc == 0, err
-    table = json.loads((run / "eps_table.json").read_text())
-    assert table["policy"]["semantic"]["judge"]["name"] == "classifier"
+    table = json.loads((tmp_path / "clf.json").read_text())
+    assert table["policy"]["semantic"]["judge"] == "classifier"
     assert (run / "semantic" / "classifier.npz").exists()
 
 

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from calib.errors import ConfigError, DataError
-from calib.experiments import load_experiments, load_run
+from calib.experiments import load_experiments
+from calib.pipeline import StageContext
+from calib.runfolder import open_run
 from calib.train.adversarial import (AdversarialMix, classifier_adversarial, embedding_adversarial,
                                      mixed_cross_entropy, mixed_triplet)
 
@@ -24,13 +26,13 @@ def exp_run(tiny_run, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("exp") / "run"
     shutil.copytree(tiny_run[0], out)
-    ctx = load_run(out)
+    ctx = StageContext.open(out)
     transferability(ctx, epochs=3, steps=3, n=60)
     adversarial_training(ctx, epochs=2, eval_steps=3, n=60)
     robust_embedding(ctx, epochs=2, steps=1, probe_eps=0.05)
     linearity(ctx, sizes=(4, 8, 16), epochs=30)
     units_vs_random(ctx, top=6)
-    return out, ctx, load_experiments(out)
+    return out, ctx, load_experiments(ctx)
 
 
 def test_transfer_numbers_follow_from_arrays(exp_run):
@@ -55,7 +57,7 @@ def test_adversarial_training_numbers(exp_run):
     _, ctx, exps = exp_run
     doc, a = exps["adversarial-training"]
     assert set(doc["variants"]) == {"standard", "global", "per-class"}
-    assert doc["variants"]["per-class"]["mix"]["eps"] == pytest.approx(list(ctx.table.eps("input", "linf")))
+    assert doc["variants"]["per-class"]["mix"]["eps"] == pytest.approx(list(ctx.table().eps("input", "linf")))
     for v, row in doc["variants"].items():
         assert row["clean_accuracy"] == pytest.approx(a[f"{v}__clean"].mean())
         for b in ("global", "per-class"):
@@ -68,12 +70,12 @@ def test_robust_embedding_reproduces_the_runs_semantic_budget(exp_run):
     doc, _ = exps["robust-embedding"]
     plain, robust = doc["embeddings"]["plain"], doc["embeddings"]["robust"]
     # the plain embedding measured here by the same procedure gives the run's own semantic budgets
-    comps = ctx.table.budgets["input/linf"]["components"]
+    comps = ctx.table().budget("input", "linf").components
     emp = [np.inf if v is None else v for v in comps["semantic"]["empirical"]]
     assert np.allclose(plain["semantic_linf"], emp)
-    assert np.allclose(plain["embedding_eps"], ctx.table.eps("embedding", "l2"), rtol=1e-5, atol=1e-7)
+    assert np.allclose(plain["embedding_eps"], ctx.table().eps("embedding", "l2"), rtol=1e-5, atol=1e-7)
     assert all(s >= 0 for s in robust["semantic_linf"]) and len(robust["geometric_linf"]) == 10
-    assert doc["robust_weights_sha256"] != ctx.summary["models"]["embedding"]["weights_sha256"]
+    assert doc["robust_weights_sha256"] != ctx.model_config("embedding")["weights_sha256"]
 
 
 def test_linearity_obeys_eps_m_n(exp_run):
@@ -107,7 +109,7 @@ def test_report_shows_every_experiment(exp_run):
     from calib.report import write_report
     from calib.report.browser import check_page, find_chromium
 
-    text = write_report(out).read_text(encoding="utf-8")
+    text = write_report(open_run(out)).read_text(encoding="utf-8")
     missing = [n for n in ("transfer", "adversarial-training", "robust-embedding", "linearity", "units")
                if f'<section id="exp-{n}">' not in text]
     assert missing == []
@@ -119,7 +121,7 @@ def test_report_shows_every_experiment(exp_run):
 
 
 def test_cli_experiment(exp_run, tmp_path, capsys):
-    from cli import main
+    from calib.cli import main
 
     out, _, _ = exp_run
     assert main(["experiment", "units", "--run", str(out), "--no-report"]) == 0
@@ -130,9 +132,9 @@ def test_cli_experiment(exp_run, tmp_path, capsys):
     assert "experiment transfer does not take --eps" in capsys.readouterr().err
     assert main(["experiment", "nonsense", "--run", str(out)]) == 2
     assert main(["experiment", "units", "--run", str(tmp_path)]) == 2
-    assert "not a finished run folder" in capsys.readouterr().err
+    assert "is not a finished run" in capsys.readouterr().err
     with pytest.raises(DataError):
-        load_run(tmp_path)
+        open_run(tmp_path)
 
 
 # ---- the training mixtures against plain re-computations ----------------------------------------------

@@ -193,9 +193,9 @@ def test_agreement_against_plain_computations():
 
 def _set_from(run_dir, part: str, path, n: int = 30, seed: int = 0):
     """A human-labelled set on some images of a run's ``part``: noise, and a third relabelled."""
-    from calib.pipeline.context import load_run
+    from calib.runfolder import open_run
 
-    ctx = load_run(run_dir)
+    ctx = open_run(run_dir)
     idx = getattr(ctx.splits, part).indices[:n]
     rng = np.random.default_rng(seed)
     x = np.clip(ctx.dataset.images[idx] + rng.uniform(-0.2, 0.2, ctx.dataset.images[idx].shape), 0, 1)
@@ -209,7 +209,7 @@ def test_validate_command(tiny_run, tmp_path, capsys):
     import json
     import shutil
 
-    from cli import main
+    from calib.cli import main
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run)
@@ -225,8 +225,8 @@ def test_validate_command(tiny_run, tmp_path, capsys):
     from calib.budgets import load_table
 
     table = load_table(run / "eps_table.json")
-    assert "human" not in table.budgets["input/linf"]
-    agree = table.policy["semantic"]["judge_agreement"]
+    assert table.budget("input", "linf").human is None
+    agree = table.judge_agreement
     assert agree["n"] == 30 and agree["sets"] == ["test-set"] and agree["auc"] == pytest.approx(j["knn"]["all"]["auc"])
     # a set whose sources the run trained on: one line, exit 2, nothing written
     _set_from(run, "train", tmp_path / "train-set.npz")
@@ -254,9 +254,9 @@ def test_run_keeps_the_sources_out_of_training(tmp_path):
     save_human_set(tmp_path / "hs.npz", ds.images[idx], ds.labels[idx], idx, name="clean")
     out = tmp_path / "run"
     summary = run(tiny(out, human=HumanConfig(sets=(str(tmp_path / "hs.npz"),)), attack=None, report=False))
-    from calib.pipeline.context import load_run
+    from calib.runfolder import open_run
 
-    ctx = load_run(out)
+    ctx = open_run(out)
     assert np.isin(idx, ctx.splits.test.indices).all() and not np.isin(idx, ctx.splits.train.indices).any()
     assert np.array_equal(np.bincount(ctx.splits.train.labels), np.bincount(base.train.labels))
     assert sorted(summary["splits"]["held_out"]) == sorted(idx.tolist())

@@ -22,7 +22,8 @@ def batch(digits_splits):
 
 
 def assert_own_class_ball(x, adv, y, table, norm, tol):
-    adv = np.asarray(adv.detach().cpu() if torch.is_tensor(adv) else adv)
+    assert torch.is_tensor(adv) and adv.dtype == torch.float32  # every adapter returns a tensor
+    adv = adv.detach().cpu().numpy()
     assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1
     d = perturbation_norms(torch.from_numpy(x), torch.from_numpy(adv), norm).numpy()
     eps = table.eps("input", norm)[y]  # independent of eps_for: index the per-class list directly
@@ -71,12 +72,12 @@ def test_grouping_equals_direct_library_call(batch, digits_classifier, digits_ta
 
 def test_art_array_path_equals_per_class_scalars(batch, digits_classifier, digits_table):
     x, y = batch
-    arrays = art_attack(digits_classifier, x, y, digits_table, steps=5, random_start=False)
+    arrays = art_attack(digits_classifier, x, y, digits_table, steps=5, random_start=False).numpy()
     per_class = np.empty_like(arrays)
     for c in np.unique(y):
         m = y == c
         one = digits_table.__class__.from_dict(digits_table.to_dict())
-        per_class[m] = art_attack(digits_classifier, x[m], y[m], one, steps=5, random_start=False)
+        per_class[m] = art_attack(digits_classifier, x[m], y[m], one, steps=5, random_start=False).numpy()
     np.testing.assert_allclose(arrays, per_class, atol=1e-6)
 
 

@@ -129,7 +129,7 @@ def test_labelling_end_to_end_with_a_killed_server(browser, tiny_run, tmp_path):
 
 
 def test_label_refuses_bad_input(tiny_run, tmp_path, capsys):
-    from cli import main
+    from calib.cli import main
 
     assert main(["label", str(tiny_run[0]), "--session", "../evil"]) == 2
     assert "session name" in capsys.readouterr().err
@@ -145,7 +145,9 @@ def test_server_binds_loopback_only(tiny_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run)
-    server = serve(open_session(run, "s2", n=10))
+    from calib.runfolder import open_run
+
+    server = serve(open_session(open_run(run), "s2", n=10))
     try:
         assert HOST == "127.0.0.1" and server.server_address[0] == "127.0.0.1"
     finally:

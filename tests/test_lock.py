@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from calib.errors import CalibError, InternalError
-from calib.pipeline.lock import LOCK_NAME, RunFolderLocked, RunLock
-from cli import main
+from calib.runfolder.lock import LOCK_NAME, RunFolderLocked, RunLock
+from calib.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-HOLD = ("import sys, time\nfrom calib.pipeline.lock import RunLock\n"
+HOLD = ("import sys, time\nfrom calib.runfolder.lock import RunLock\n"
         "RunLock(sys.argv[1], 'test holder').__enter__()\nprint('held', flush=True)\ntime.sleep(120)\n")
 
 
@@ -39,7 +39,7 @@ def test_second_writer_is_refused_naming_the_holder_then_a_killed_holder_is_take
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == proc.pid  # kill -9 leaves the file
-    with caplog.at_level(logging.WARNING, logger="calib.pipeline.lock"):
+    with caplog.at_level(logging.WARNING, logger="calib.runfolder.lock"):
         with RunLock(tmp_path, "next"):
             doc = json.loads((tmp_path / LOCK_NAME).read_text())
             assert doc["pid"] == os.getpid() and doc["command"] == "next"
@@ -111,6 +111,17 @@ def test_two_runs_on_one_folder_the_second_exits_2_at_once_and_the_first_complet
     took = time.perf_counter() - t  # the refusal comes before any work: this is mostly Python's imports
     print(f"second run refused after {took:.1f} s")
     assert took < 10 and f"PID {first.pid}" in second.stderr
+    # a validation (which writes validation/, the table and the report) is refused the same way
+    from calib.data import SplitSpec, load_dataset
+    from calib.human import save_human_set
+
+    ds = load_dataset("digits")
+    idx = SplitSpec(seed=0).build(ds).test.indices[:10]
+    save_human_set(tmp_path / "hs.npz", ds.images[idx], ds.labels[idx], idx, name="clean")
+    validate = subprocess.run([sys.executable, "-m", "calib", "validate", str(out), "--human", str(tmp_path / "hs.npz")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert validate.returncode == 2 and validate.stderr.count("\n") == 1, validate.stderr
+    assert f"PID {first.pid}" in validate.stderr and not (out / "validation").exists()
     assert first.wait(300) == 0, first.stderr.read()
     summary = json.loads((out / "summary.json").read_text())
     assert not (out / LOCK_NAME).exists()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import cli
+from calib import cli
 from calib.data import load_dataset, split_dataset
 from calib.errors import ConfigError, DataError
 from conftest import TINY_TOML
@@ -121,9 +121,13 @@ def test_own_classifier_end_to_end_on_digits(user_model, tmp_path, capsys, digit
 def test_own_classifier_at_chance_is_imported_with_a_warning(user_model, tmp_path, caplog, digits, digits_splits):
     """Weights that fit the module but not the data (here: untrained) are not bad input: the classifier
     stage measures the accuracy, saves the model, and warns that it is near chance."""
-    from types import SimpleNamespace
 
-    from calib.pipeline.run import _import_classifier
+    from calib.data import SplitSpec
+    from calib.io import sha256_file
+    from calib.pipeline.cache import StageCache
+    from calib.pipeline.stage import StageContext
+    from calib.pipeline.stages.models import ExternalOptions, import_classifier
+    from calib.runfolder import RunFolder
 
     folder, _ = user_model
     untrained = folder / "untrained.safetensors"
@@ -132,11 +136,11 @@ def test_own_classifier_at_chance_is_imported_with_a_warning(user_model, tmp_pat
     save_file({k: v.contiguous() for k, v in linear.state_dict().items()}, str(untrained))
     (folder / "linear.py").write_text("from torch import nn\n\ndef make():\n"
                                       "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n")
-    config = SimpleNamespace(classifier=f"{folder / 'linear.py'}:make", classifier_weights=untrained)
-    ctx = SimpleNamespace(config=config, dataset=digits, splits=digits_splits, device="cpu", run_dir=tmp_path,
-                          forget_models=lambda: None)
-    with caplog.at_level("WARNING", logger="calib.pipeline.run"):
-        info = _import_classifier(ctx)
+    factory = f"{folder / 'linear.py'}:make"
+    run = RunFolder.new(tmp_path, digits, SplitSpec(seed=0), source="digits", splits=digits_splits)
+    ctx = StageContext(run, StageCache(tmp_path))
+    with caplog.at_level("WARNING", logger="calib.pipeline.stages.models"):
+        info = import_classifier(ctx, ExternalOptions(factory, str(untrained), sha256_file(untrained), None))
     assert info["metrics"]["test_accuracy"] < 0.2
     assert any("near chance" in r.getMessage() for r in caplog.records)
     assert (tmp_path / "models" / "classifier.safetensors").exists()
@@ -147,9 +151,9 @@ def test_own_classifier_audit_of_imported_examples_records_whose_predictions(use
     out = tmp_path / "run"
     assert cli.main(_run_args(out, folder, "--no-attacks")) == 0, capsys.readouterr().err
     from calib.audit import AuditResult
-    from calib.pipeline.context import load_run
+    from calib.runfolder import open_run
 
-    ctx = load_run(out)
+    ctx = open_run(out)
     test = ctx.splits.test
     x_adv = np.clip(test.images[:30] + 0.2 * np.sign(np.random.default_rng(0).standard_normal(test.images[:30].shape)),
                     0, 1).astype(np.float32)

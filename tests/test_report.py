@@ -48,7 +48,9 @@ def test_user_strings_are_escaped_end_to_end(tmp_path, digits):
     assert leaked == []
     shown = "&lt;img src=x" in text and "evil&lt;b&gt;" in text  # shown, escaped
     assert shown
-    assert write_report(tmp_path / "run", tmp_path / "t.html", title=EVIL).read_text().count(EVIL) == 0
+    from calib.runfolder import open_run
+
+    assert write_report(open_run(tmp_path / "run"), tmp_path / "t.html", title=EVIL).read_text().count(EVIL) == 0
 
 
 chromium = pytest.mark.skipif(find_chromium() is None, reason="chromium not installed (apt-get install -y chromium)")

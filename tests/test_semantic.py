@@ -98,7 +98,7 @@ def test_final_table_brackets_and_bounds(setup, digits_splits):
     for name, bound in (("knn", "empirical"), ("lipschitz", "empirical"), ("lipschitz", "certified")):
         rr = {n: radii[(name, n)] for n in ("linf", "l2")}
         fin = final_table(geo, stats, rr, judges[name].describe(), bound=bound)
-        assert fin.policy["method"] == "final" and fin.policy["semantic"]["judge"]["name"] == name
+        assert fin.policy["method"] == "final" and fin.semantic_judge == name
         for norm in ("linf", "l2"):
             b = fin.budgets[f"input/{norm}"]
             sem = b["components"]["semantic"]

@@ -151,8 +151,8 @@ def test_compute_stats_save_load_round_trip(tmp_path, digits, digits_splits):
     emb = np.random.default_rng(0).normal(size=(len(digits), 8)).astype(np.float32)
     cfg = StatsConfig(matrix_modes=("sampled",), n_per_class=20)
     st = compute_stats(digits, digits_splits, cfg, embeddings=emb, show_progress=False)
-    st.save(tmp_path)
-    back = Stats.load(tmp_path)
+    st.save(tmp_path / "stats")
+    back = Stats.load(tmp_path / "stats")
     assert set(back.pairs) == set(st.pairs) and set(back.matrices) == set(st.matrices)
     for k in st.pairs:
         np.testing.assert_array_equal(back.pairs[k].nn.d_same, st.pairs[k].nn.d_same)
@@ -161,7 +161,7 @@ def test_compute_stats_save_load_round_trip(tmp_path, digits, digits_splits):
     assert back.meta["dataset"]["fingerprint"] == digits.fingerprint
     (tmp_path / "stats.npz").write_bytes(b"garbage")
     with pytest.raises(DataError, match="corrupt statistics"):
-        Stats.load(tmp_path)
+        Stats.load(tmp_path / "stats")
 
 
 def test_stats_config_and_inputs_are_validated(digits, digits_splits):

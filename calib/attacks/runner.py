@@ -61,6 +61,17 @@ class AttackSpec:
         if self.eps is not None and not (np.isfinite(self.eps) and self.eps >= 0):
             raise ConfigError(f"eps must be a finite number >= 0; got {self.eps}")
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The run's models (``models/<stem>``) this attack needs."""
+        return ("classifier", "embedding") if self.attack in ("embedding-pgd", "shift") else ("classifier",)
+
+    @property
+    def table_column(self) -> tuple[str, str]:
+        """The (space, norm) of an epsilon table the attack takes its per-class budgets from (the
+        embedding ball for embedding-projected PGD, else the input ball of ``norm``)."""
+        return ("embedding", "l2") if self.attack == "embedding-pgd" else ("input", self.norm)
+
 
 def run_attack(spec: AttackSpec, classifier: nn.Module, embedding: nn.Module | None, images: np.ndarray,
                labels: np.ndarray, *, table=None, batch_size: int = 500, device: str | torch.device = "cpu",

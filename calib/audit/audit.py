@@ -32,7 +32,8 @@ from calib.errors import ConfigError, DataError
 from calib.io import to_jsonable, write_json, write_npz
 from calib.models.infer import forward_batched
 
-FLAGS = ("success", "perceptible", "detected", "class_changed", "interpolated", "ball_has_wrong", "valid")
+FLAGS = ("clean_error", "success", "perceptible", "detected", "class_changed", "interpolated", "ball_has_wrong",
+         "valid")
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,8 @@ class AuditResult:
         m = np.ones(len(a["labels"]), bool) if mask is None else mask
         n = int(m.sum())
         out: dict[str, Any] = {"n": n}
-        for f in FLAGS:
-            out[f"{f}_rate"] = float(a[f][m].mean()) if n else float("nan")
+        for f in FLAGS:  # (results saved before clean errors were counted have no clean_error)
+            out[f"{f}_rate"] = float(a[f][m].mean()) if n and f in a else float("nan")
         succ = m & a["success"]
         out["valid_among_successes"] = float(a["valid"][succ].mean()) if succ.any() else float("nan")
         for key in ("linf", "l2", "l0", "background_share", "ssim"):
@@ -163,12 +164,18 @@ def judge_verdicts(judge: Any, x: np.ndarray, x_adv: np.ndarray, labels: np.ndar
 def audit(x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, pred_adv: np.ndarray, *, norm: str,
           eps: np.ndarray, reference: Reference, judge: Any, config: AuditConfig = AuditConfig(),
           ball_space: str = "input", embedding: nn.Module | None = None, num_classes: int | None = None,
-          device: str | torch.device = "cpu") -> AuditResult:
+          device: str | torch.device = "cpu", pred_clean: np.ndarray | None = None) -> AuditResult:
     """Audit one attack's outputs.
+
+    Every rate the result gives (:meth:`AuditResult.rates`) is over all N examples, unless it says
+    ``among_successes``. A point the classifier already gets wrong on the clean image is a *clean
+    error*, counted apart: it is not a success of the attack (nor valid), whatever ``x_adv`` is.
 
     Args:
         x, x_adv: (N, C, H, W) clean and adversarial images in [0,1]; labels: (N,) true labels;
         pred_adv: (N,) the attacked classifier's predictions on ``x_adv``.
+        pred_clean: (N,) its predictions on ``x`` (clean errors); ``None`` when unknown (then none is
+            counted, and ``meta["clean_predictions"]`` is false).
         norm: input norm of the attack's threat model (``linf``/``l2``), used for interpolation
             and for the budget ball when ``ball_space == "input"``.
         eps: (N,) the budget each example was attacked under (input radius, or embedding radius
@@ -186,8 +193,10 @@ def audit(x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, pred_adv: np.nda
     if ball_space == "embedding" and (embedding is None or "g" not in reference.embeddings):
         raise ConfigError("an embedding ball needs the embedding g and the reference set's g embeddings")
     labels = labels.astype(np.int64)
+    clean_error = np.zeros(n, bool) if pred_clean is None else np.asarray(pred_clean) != labels
     arrays: dict[str, np.ndarray] = {"labels": labels, "pred_adv": pred_adv.astype(np.int64),
-                                     "eps": np.asarray(eps, np.float64), "success": pred_adv != labels}
+                                     "eps": np.asarray(eps, np.float64), "clean_error": clean_error,
+                                     "success": (pred_adv != labels) & ~clean_error}
     arrays |= perceptibility(x, x_adv, config.tol)
     perceptible = arrays["ssim"] < config.ssim_min
     if config.detector_in_verdict:
@@ -210,5 +219,7 @@ def audit(x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, pred_adv: np.nda
     members = [m.name for m in getattr(judge, "members", [])]
     meta = {"config": asdict(config), "norm": norm, "ball_space": ball_space, "judge": judge.describe(),
             "judge_members": members, "reference_size": int(len(reference.labels)),
+            "clean_predictions": pred_clean is not None,
+            "rates": "over all examples; success excludes clean errors (f(x) != y)",
             "reference_misclassified": int(reference.wrong.sum())}
     return AuditResult(arrays, meta)

@@ -146,7 +146,8 @@ def final_table(geo: EpsTable, stats: Stats, radii: dict[str, Radii], judge: dic
         b["eps"], b["coverage"] = final.tolist(), share(geo_ok & (final[ps.query_labels] < per_point)).tolist()
         b["rule"] = "min(geometric, semantic)"
     doc["policy"] = {**doc["policy"], "method": "final", "final": "min(geometric, semantic)",
-                     "semantic": {"judge": judge, "bound": bound, "norms": list(radii), "q": q, "s": s,
+                     "semantic": {"judge": judge.get("name"), "judge_description": judge, "bound": bound,
+                                  "norms": list(radii), "q": q, "s": s,
                                   "radius": "r(x) = min ||delta|| with judge(x + delta) != y",
                                   "empirical": "per-point bisection of PGD on the judge's margin: an upper bound "
                                                "(optimistic budgets)",

@@ -5,8 +5,13 @@ For every calibration point (by dataset index) and input norm: the geometric bud
 upper bound; ``semantic_certified_<norm>``, a guaranteed lower bound, for a certified judge), and the
 final ``eps_input_<norm> = min(geometric, semantic under the chosen bound)``; in the embedding, the
 1-NN margin budget ``eps_embedding_l2 = s * max((d_diff_g - d_same_g)/2, 0)``. ``inf`` means no
-change was found (the semantic radius does not bind). Arrays are plain (no pickle); ``meta`` is a
-JSON string (schema, version, dataset fingerprint, judge, bound).
+change was found (the semantic radius does not bind).
+
+Test points (version 2; ``part == 1``) have their own geometric and margin budgets (from the
+test-train statistics), but the judge's radius is measured at calibration points only: their final
+input budget is ``min(own geometric, the class's semantic budget from the table)``, and their
+``semantic_*`` values are NaN (not measured). Arrays are plain (no pickle); ``meta`` is a JSON string
+(schema, version, dataset fingerprint, judge, bound, parts).
 """
 from __future__ import annotations
 
@@ -24,7 +29,11 @@ from calib.errors import CalibError
 from calib.io import write_npz
 
 SCHEMA = "calib-per-sample-eps"
-VERSION = 1
+VERSION = 2
+#: versions this calib reads (version 1 holds calibration points only)
+READS = (1, 2)
+#: ``part`` codes
+PARTS = ("calibration", "test")
 
 
 class PerSampleError(CalibError):
@@ -32,8 +41,26 @@ class PerSampleError(CalibError):
 
 
 def per_sample_arrays(stats: Any, policy: Policy, pair: str, radii: dict[str, Any] | None = None,
-                      bound: str = "empirical") -> dict[str, np.ndarray]:
-    """The arrays of the per-sample file for the query points of ``pair`` (see the module docstring)."""
+                      bound: str = "empirical", test_pair: str | None = "test-train",
+                      class_semantic: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of the per-sample file: the query points of ``pair`` (the calibration points) and, when
+    ``stats`` has it, of ``test_pair``, whose final budget takes the per-class semantic budget
+    ``class_semantic[norm]`` (K,) as its cap (see the module docstring)."""
+    out = _block(stats, policy, pair, radii, bound, None)
+    out["part"] = np.zeros(len(out["indices"]), np.int8)
+    if test_pair and test_pair != pair and any(p == test_pair for (_, _, p) in stats.pairs):
+        test = _block(stats, policy, test_pair, None, bound, class_semantic or {})
+        for key in set(out) - {"part"} - set(test):
+            if not key.startswith("semantic_"):
+                raise PerSampleError(f"the {test_pair} statistics do not cover the spaces and norms of {pair}")
+            test[key] = np.full(len(test["indices"]), np.nan)  # not measured at test points
+        test["part"] = np.ones(len(test["indices"]), np.int8)
+        out = {k: np.concatenate([out[k], test[k]]) for k in out}
+    return out
+
+
+def _block(stats: Any, policy: Policy, pair: str, radii: dict[str, Any] | None, bound: str,
+           class_semantic: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     k = len(stats.class_names)
     out: dict[str, np.ndarray] = {}
     for (space, norm, p), ps in sorted(stats.pairs.items()):
@@ -56,6 +83,10 @@ def per_sample_arrays(stats: Any, policy: Policy, pair: str, radii: dict[str, An
                 out[f"semantic_certified_{norm}"] = policy.s * r.certified
             sem = r.certified if bound == "certified" else r.empirical
             final = np.minimum(geo, policy.s * sem)
+        elif class_semantic is not None and norm in class_semantic:  # test points: the class's budget caps
+            cap = np.asarray(class_semantic[norm], float)[ps.query_labels]
+            out[f"semantic_empirical_{norm}"] = np.full(len(geo), np.nan)
+            final = np.minimum(geo, cap)
         out[f"eps_input_{norm}"] = final
     return out
 
@@ -85,8 +116,8 @@ class PerSampleBudgets:
         pos = {int(i): j for j, i in enumerate(self.indices)}
         missing = [int(i) for i in idx.ravel() if int(i) not in pos][:5]
         if missing:
-            raise PerSampleError(f"dataset indices {missing} have no per-sample budget (the file covers the "
-                                 f"{len(self.indices)} calibration points)")
+            raise PerSampleError(f"dataset indices {missing} have no per-sample budget (the file covers "
+                                 f"{len(self.indices)} calibration and test points; training points have none)")
         out = self.eps[key][[pos[int(i)] for i in idx.ravel()]].astype(np.float32).reshape(-1, 1, 1, 1)
         if not as_tensor:
             return out
@@ -105,7 +136,7 @@ def load_per_sample(path: str | os.PathLike[str]) -> PerSampleBudgets:
         raise PerSampleError(f"per-sample budgets not found: {path}") from exc
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise PerSampleError(f"{path}: not a calib per-sample budget file ({exc})") from exc
-    if meta.get("schema") != SCHEMA or meta.get("version") != VERSION:
+    if meta.get("schema") != SCHEMA or meta.get("version") not in READS:
         raise PerSampleError(f"{path}: schema {meta.get('schema')!r} version {meta.get('version')!r}; expected "
                              f"{SCHEMA!r} version {VERSION}")
     n = len(arrays.get("indices", []))

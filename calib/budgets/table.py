@@ -1,14 +1,15 @@
 """The epsilon table: versioned JSON (and a flat CSV view) that other attack code imports.
 
-JSON document (``schema = "calib-eps-table"``, ``version = 2``)::
+JSON document (``schema = "calib-eps-table"``, ``version = 3``)::
 
     {
-      "schema": "calib-eps-table", "version": 2,
+      "schema": "calib-eps-table", "version": 3,
       "dataset": {"name": "mnist", "fingerprint": "<sha256 of the whole dataset>",
                   "class_names": ["0", ..., "9"], "image_shape": [1, 28, 28], "value_range": [0, 1]},
       "policy": {"method": "final", "q": 0.05, "s": 1.0, "quantile_method": "linear",
                  "pair": "calibration-train",
-                 "semantic": {"judge": {"name": "knn", ...}, "bound": "empirical", ...}},
+                 "semantic": {"judge": "knn", "judge_description": {"name": "knn", "kind": "knn", ...},
+                              "bound": "empirical", ...}},
       "budgets": {                       # key: "<space>/<norm>", space in input|embedding,
         "input/linf": {                  # norm in linf|l2|l1; lists are indexed by class label
           "eps": [...], "coverage": [...], "n": [...], "rule": "min(geometric, semantic)",
@@ -28,6 +29,11 @@ JSON document (``schema = "calib-eps-table"``, ``version = 2``)::
       "provenance": {"calib": "0.1.0", "seed": 0, "embedding_sha256": "...",
                      "classifier_sha256": "...", "created": "...", ...}
     }
+
+Read a table through its typed accessors (:meth:`EpsTable.budget`, :attr:`EpsTable.semantic_judge`,
+...), not by indexing the document. Older versions are refused with one line naming what changed
+(:data:`CHANGES`); there is no silent migration, since every older version computed some budget
+differently: recompute the table with ``calib run`` (cached stages are reused) or ``calib budgets``.
 
 Epsilons are in data units (pixels in [0,1]). ``eps_for(labels)`` expands a table to per-sample
 epsilons shaped (N, 1, 1, 1), the form ART takes. CSV view: one row per (class, space, norm), the
@@ -50,11 +56,14 @@ from calib.errors import CalibError
 from calib.io import atomic_open, read_json, read_text, to_jsonable, write_json
 
 SCHEMA = "calib-eps-table"
-VERSION = 2
+VERSION = 3
 #: what changed since each older version, for the one-line refusal
 CHANGES = {1: "version 2 computes the embedding budget as the 1-NN margin s*Q_q{(d_diff_g - d_same_g)/2} "
               "(version 1 used min(Q_q{d_diff_g/2}, Q_q{d_same_g})) and records semantic budgets as "
-              "[certified, empirical] brackets of a named judge; recompute it with `calib run` or `calib budgets`"}
+              "[certified, empirical] brackets of a named judge; recompute it with `calib run` or `calib budgets`",
+           2: "version 3 names the semantic judge by one string everywhere (policy.semantic.judge; version 2 "
+              "stored a dict there, now policy.semantic.judge_description); recompute it with `calib run` (cached "
+              "stages are reused) or `calib budgets`"}
 TABLE_SPACES = ("input", "embedding")
 TABLE_NORMS = ("linf", "l2", "l1")
 CSV_FIELDS = ("dataset", "dataset_fingerprint", "class", "class_name", "space", "norm", "method", "q", "s",
@@ -63,6 +72,38 @@ CSV_FIELDS = ("dataset", "dataset_fingerprint", "class", "class_name", "space", 
 
 class EpsTableError(CalibError):
     """A malformed, inconsistent or mismatched epsilon table."""
+
+
+@dataclass(frozen=True)
+class SemanticBracket:
+    """The semantic budget of one norm: per class the judge's radius quantile, ``empirical`` (an attack:
+    an upper, optimistic estimate; ``None`` = no change found) and ``certified`` (a guaranteed lower
+    bound; ``None`` for a judge without a certificate), and which one the final budget uses."""
+
+    judge: str
+    bound: str
+    empirical: tuple[float | None, ...]
+    certified: tuple[float, ...] | None
+
+
+@dataclass(frozen=True)
+class BudgetColumn:
+    """One (space, norm) column of a table, read-only: per class ``eps``, ``coverage`` and ``n``, the rule
+    that made it, the semantic bracket (final input budgets) and people's relabelling, if any."""
+
+    space: str
+    norm: str
+    eps: np.ndarray
+    coverage: np.ndarray
+    n: np.ndarray
+    rule: str
+    components: dict[str, Any]
+    semantic: SemanticBracket | None
+    human: dict[str, Any] | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.space}/{self.norm}"
 
 
 @dataclass
@@ -87,6 +128,60 @@ class EpsTable:
     @property
     def fingerprint(self) -> str:
         return self.dataset["fingerprint"]
+
+    @property
+    def keys(self) -> list[str]:
+        """The ``<space>/<norm>`` budgets the table holds."""
+        return list(self.budgets)
+
+    def budget(self, space_or_key: str, norm: str | None = None) -> BudgetColumn:
+        """The budget ``space/norm`` (``table.budget("input", "linf")`` or ``table.budget("input/linf")``)."""
+        key = space_or_key if norm is None else f"{space_or_key}/{norm}"
+        if key not in self.budgets:
+            raise EpsTableError(f"the table has no {key} budget; it has {', '.join(self.budgets)}")
+        b = self.budgets[key]
+        space, nrm = key.split("/")
+        comp = b.get("components") or {}
+        sem = comp.get("semantic")
+        bracket = None if sem is None else SemanticBracket(
+            sem["judge"], sem["bound"], tuple(sem["empirical"]),
+            None if sem.get("certified") is None else tuple(sem["certified"]))
+        return BudgetColumn(space, nrm, np.asarray(b["eps"], np.float64), np.asarray(b["coverage"], np.float64),
+                      np.asarray(b["n"], np.int64), str(b.get("rule", "")), comp, bracket, b.get("human"))
+
+    @property
+    def method(self) -> str:
+        """``geometric`` or ``final`` (min(geometric, semantic))."""
+        return str(self.policy.get("method", ""))
+
+    @property
+    def q(self) -> float:
+        return float(self.policy["q"])
+
+    @property
+    def s(self) -> float:
+        return float(self.policy["s"])
+
+    @property
+    def pair(self) -> str:
+        return str(self.policy.get("pair", "calibration-train"))
+
+    @property
+    def semantic_judge(self) -> str | None:
+        """The judge whose radii set the semantic budgets (``None`` for a geometric table)."""
+        sem = self.policy.get("semantic")
+        return None if not sem else sem["judge"]
+
+    @property
+    def semantic_bound(self) -> str | None:
+        sem = self.policy.get("semantic")
+        return None if not sem else sem["bound"]
+
+    @property
+    def judge_agreement(self) -> dict[str, Any] | None:
+        """The semantic judge's measured agreement with people, when it was validated."""
+        sem = self.policy.get("semantic")
+        return None if not sem else sem.get("judge_agreement")
 
     def eps(self, space: str = "input", norm: str = "linf") -> np.ndarray:
         """Per-class epsilons (K,) float64 for one space and norm."""
@@ -231,6 +326,12 @@ def validate(doc: Any, where: str = "eps table") -> None:
         fail("dataset.class_names are not unique")
     if not isinstance(doc.get("policy"), dict):
         fail("policy is missing")
+    sem_policy = doc["policy"].get("semantic")
+    if sem_policy is not None:
+        if not isinstance(sem_policy, dict) or not isinstance(sem_policy.get("judge"), str):
+            fail("policy.semantic.judge must name the judge (a string)")
+        if sem_policy.get("bound") not in ("empirical", "certified"):
+            fail(f"policy.semantic.bound must be empirical or certified; got {sem_policy.get('bound')!r}")
     budgets = doc.get("budgets")
     if not isinstance(budgets, dict) or not budgets:
         fail("budgets are missing")
@@ -319,4 +420,5 @@ def load_table(path: str | os.PathLike[str]) -> EpsTable:
     return EpsTable.load(path)
 
 
-__all__ = ["EpsTable", "EpsTableError", "load_table", "table_from_budgets", "validate", "HUMAN_STATUS"]
+__all__ = ["EpsTable", "EpsTableError", "BudgetColumn", "SemanticBracket", "load_table", "table_from_budgets",
+           "validate", "HUMAN_STATUS"]

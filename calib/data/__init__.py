@@ -2,7 +2,7 @@
 from calib.data.dataset import Dataset, fingerprint_arrays, validate_arrays
 from calib.data.idx import read_idx
 from calib.data.sources import SOURCES, load_dataset
-from calib.data.split import DEFAULT_FRACTIONS, PARTS, Splits, split_dataset, stratified_indices
+from calib.data.split import DEFAULT_FRACTIONS, PARTS, SplitSpec, Splits, split_dataset, stratified_indices
 
-__all__ = ["Dataset", "Splits", "SOURCES", "PARTS", "DEFAULT_FRACTIONS", "load_dataset", "split_dataset",
+__all__ = ["Dataset", "Splits", "SplitSpec", "SOURCES", "PARTS", "DEFAULT_FRACTIONS", "load_dataset", "split_dataset",
            "stratified_indices", "fingerprint_arrays", "validate_arrays", "read_idx"]

@@ -174,15 +174,29 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
 
 
 NPZ_PARTS = ("train", "calibration", "test")
+#: channel counts an image array may have
+CHANNELS = (1, 3)
 
 
 def _images(path: Path, key: str, raw: np.ndarray) -> np.ndarray:
-    """float32 (N, C, H, W) in [0,1] from uint8 0-255 or float 0-1, (N,H,W) or (N,C,H,W)."""
+    """float32 (N, C, H, W) in [0,1] from uint8 0-255 or float 0-1, (N,H,W), (N,C,H,W) or (N,H,W,C) with
+    C = 1 or 3 channels. An (N,H,W,C) array is detected by where its 1 or 3 channels are (and said so in
+    the log); a shape where both ends could be the channels, or neither, is refused."""
     shape = raw.shape
     if raw.ndim == 3:
         raw = raw[:, None]
     if raw.ndim != 4:
-        raise DataError(f"{path}: {key} must have shape (N,H,W) or (N,C,H,W); got {shape}")
+        raise DataError(f"{path}: {key} must have shape (N,H,W), (N,C,H,W) or (N,H,W,C); got {shape}")
+    first, last = raw.shape[1] in CHANNELS, raw.shape[3] in CHANNELS
+    if first and last:
+        raise DataError(f"{path}: {key} has shape {shape}: both (N,C,H,W) and (N,H,W,C) with 1 or 3 channels fit; "
+                        "save it as (N,C,H,W) with H, W > 3")
+    if not first and not last:
+        raise DataError(f"{path}: {key} has shape {shape}: images need 1 or 3 channels, as (N,C,H,W) or (N,H,W,C)")
+    if last:
+        log.warning("%s: %s has shape %s; read as (N,H,W,C) images with %d channel(s), stored as (N,C,H,W)", path, key,
+                    shape, shape[3])
+        raw = np.ascontiguousarray(raw.transpose(0, 3, 1, 2))
     if raw.dtype == np.uint8:
         return raw.astype(np.float32) / np.float32(255.0)
     if np.issubdtype(raw.dtype, np.floating):

@@ -133,6 +133,54 @@ def split_dataset(ds: Dataset, seed: int = 0,
                   held_out=held, max_calibration=None if explicit_cal else max_calibration)
 
 
+@dataclass(frozen=True)
+class SplitSpec:
+    """What a split is made from, as a run folder records it: rebuilding it from the same dataset gives
+    the same parts (checked by their fingerprints). :meth:`build` is the one place calib makes a split.
+
+    Attributes:
+        seed: the split's seed.
+        fractions: train / calibration / test shares.
+        max_calibration: the calibration part's cap (``None``: no cap).
+        held_out: dataset indices kept in the test part (sources of human-labelled sets).
+    """
+
+    seed: int = 0
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    max_calibration: int | None = DEFAULT_MAX_CALIBRATION
+    held_out: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ConfigError(f"split seed must be an integer >= 0; got {self.seed!r}")
+        fr = tuple(self.fractions)
+        if len(fr) != 3 or not all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in fr):
+            raise ConfigError(f"split fractions must be 3 numbers (train, calibration, test); got {list(fr)}")
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "fractions", tuple(float(f) for f in fr))
+        object.__setattr__(self, "held_out", tuple(int(i) for i in self.held_out))
+
+    def build(self, ds: Dataset) -> Splits:
+        """The split of ``ds`` this spec describes (see :func:`split_dataset`)."""
+        return split_dataset(ds, seed=self.seed, fractions=self.fractions, hold_out=self.held_out or None,
+                             max_calibration=self.max_calibration)
+
+    def to_json(self) -> dict:
+        return {"seed": self.seed, "fractions": list(self.fractions), "max_calibration": self.max_calibration,
+                "held_out": list(self.held_out)}
+
+    @classmethod
+    def from_json(cls, doc: dict, where: str = "split record") -> "SplitSpec":
+        if not isinstance(doc, dict) or "seed" not in doc or "fractions" not in doc:
+            raise DataError(f"{where}: a split record needs seed and fractions")
+        try:
+            return cls(seed=doc["seed"], fractions=tuple(doc["fractions"]),
+                       max_calibration=doc.get("max_calibration", DEFAULT_MAX_CALIBRATION),
+                       held_out=tuple(doc.get("held_out") or ()))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{where}: malformed split record ({exc})") from exc
+
+
 def _hold_out(labels: np.ndarray, train: np.ndarray, cal: np.ndarray, test: np.ndarray, hold: np.ndarray,
               seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
     """Move the ``hold`` indices into the test part by swapping with same-class test samples."""

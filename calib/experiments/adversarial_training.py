@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from calib.pipeline.config import default_epochs
-from calib.experiments.context import RunContext, per_class, save_experiment
+from calib.experiments.context import StageContext, per_class, save_experiment
 from calib.models.infer import forward_batched
 from calib.train import TrainConfig, train_classifier
 from calib.train.adversarial import AdversarialMix
@@ -22,19 +22,24 @@ from calib.train.adversarial import AdversarialMix
 log = logging.getLogger(__name__)
 
 
-def adversarial_training(ctx: RunContext, *, alpha: float = 0.5, attack: str = "fgsm", norm: str = "linf",
+def adversarial_training(ctx: StageContext, *, run: dict[str, Any] | None = None,
+                         alpha: float = 0.5, attack: str = "fgsm", norm: str = "linf",
                          global_eps: float = 0.3, epochs: int | None = None, eval_steps: int = 20,
                          n: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """Train and score the three classifiers; saves ``experiments/adversarial-training.*``."""
+    """Train and score the three classifiers; saves ``experiments/adversarial-training.*``.
+    ``run``: the run's options (default: as the folder recorded them)."""
+    import torch
+
+    from calib.data.split import stratified_subset
     from calib.perturb.objectives import ClassifierLoss
     from calib.perturb.pgd import pgd
-    from calib.data.split import stratified_subset
-    import torch
+
+    run = run if run is not None else ctx.config
 
     t0 = time.perf_counter()
     names = list(ctx.dataset.class_names)
-    table_eps = tuple(float(e) for e in ctx.table.eps("input", norm))
-    epochs = epochs or int(ctx.run_config.get("classifier_epochs") or default_epochs(len(ctx.splits.train)))
+    table_eps = tuple(float(e) for e in ctx.table().eps("input", norm))
+    epochs = epochs or int(run.get("classifier_epochs") or default_epochs(len(ctx.splits.train)))
     variants = {"standard": None,
                 "global": AdversarialMix(alpha=alpha, eps=float(global_eps), norm=norm, attack=attack),
                 "per-class": AdversarialMix(alpha=alpha, eps=table_eps, norm=norm, attack=attack)}
@@ -67,5 +72,5 @@ def adversarial_training(ctx: RunContext, *, alpha: float = 0.5, attack: str = "
     summary = {"variants": results, "alpha": alpha, "attack": attack, "norm": norm, "global_eps": global_eps,
                "table_eps": list(table_eps), "epochs": epochs, "eval": {"attack": "pgd", "steps": eval_steps},
                "n": int(len(y)), "seconds": time.perf_counter() - t0, "provenance": ctx.provenance()}
-    save_experiment(ctx.run_dir, "adversarial-training", summary, arrays)
+    save_experiment(ctx, "adversarial-training", summary, arrays)
     return summary

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calib.experiments.context import RunContext, save_experiment
+from calib.experiments.context import StageContext, save_experiment
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs: 
     return model.eval()
 
 
-def linearity(ctx: RunContext, *, sizes: tuple[int, ...] | None = None, eps: float = 0.05, epochs: int = 60,
+def linearity(ctx: StageContext, *,
+              sizes: tuple[int, ...] | None = None, eps: float = 0.05, epochs: int = 60,
               progress: bool = False) -> dict[str, Any]:
     """Run the experiment; saves ``experiments/linearity.*``."""
     from calib.perturb.objectives import ClassifierLoss
@@ -92,5 +93,5 @@ def linearity(ctx: RunContext, *, sizes: tuple[int, ...] | None = None, eps: flo
     summary = {"eps": eps, "epochs": epochs, "rows": rows, "seconds": time.perf_counter() - t0,
                "provenance": ctx.provenance()}
     arrays = {key: np.array([row[key] for row in rows]) for key in rows[0]}
-    save_experiment(ctx.run_dir, "linearity", summary, arrays)
+    save_experiment(ctx, "linearity", summary, arrays)
     return summary

@@ -19,14 +19,15 @@ import numpy as np
 import torch
 
 from calib.pipeline.config import default_epochs
-from calib.experiments.context import RunContext, save_experiment
+from calib.experiments.context import StageContext, save_experiment
+from calib.runfolder import artefacts as A
 from calib.train import TrainConfig, train_embedding
 from calib.train.adversarial import AdversarialMix
 
 log = logging.getLogger(__name__)
 
 
-def embedding_budget(g: torch.nn.Module, ctx: RunContext, policy) -> tuple[np.ndarray, np.ndarray]:
+def embedding_budget(g: torch.nn.Module, ctx: StageContext, policy) -> tuple[np.ndarray, np.ndarray]:
     """g's embedding margin budget per class (calibration vs train) and its coverage."""
     from calib.budgets.margin import margin_budget
     from calib.models.infer import forward_batched
@@ -39,11 +40,13 @@ def embedding_budget(g: torch.nn.Module, ctx: RunContext, policy) -> tuple[np.nd
     return b.eps, b.coverage
 
 
-def robust_embedding(ctx: RunContext, *, alpha: float = 0.5, eps: float = 0.1, norm: str = "linf",
+def robust_embedding(ctx: StageContext, *, run: dict[str, Any] | None = None,
+                     alpha: float = 0.5, eps: float = 0.1, norm: str = "linf",
                      attack: str = "pgd", steps: int = 3, epochs: int | None = None,
                      semantic_norms: tuple[str, ...] = ("linf",), probe_eps: float = 0.05,
                      progress: bool = False) -> dict[str, Any]:
-    """Train g_r, measure both embeddings as nearest-class judges; saves ``experiments/robust-embedding.*``."""
+    """Train g_r, measure both embeddings as nearest-class judges; saves ``experiments/robust-embedding.*``.
+    ``run``: the run's options (default: as the folder recorded them)."""
     from calib.budgets import Policy
     from calib.budgets.semantic import robustness_radii, semantic_budget
     from calib.judges import KnnJudge
@@ -51,7 +54,7 @@ def robust_embedding(ctx: RunContext, *, alpha: float = 0.5, eps: float = 0.1, n
     from calib.perturb.pgd import pgd
 
     t0 = time.perf_counter()
-    run = ctx.run_config
+    run = run if run is not None else ctx.config
     sem_cfg = run.get("semantic") or {"iters": 8, "steps": 10, "restarts": 1}
     k = int((run.get("judge") or {}).get("k", 1))
     policy = Policy(q=float(run.get("q", 0.05)), s=float(run.get("s", 1.0)), rule=run.get("rule", "quantile"))
@@ -62,7 +65,7 @@ def robust_embedding(ctx: RunContext, *, alpha: float = 0.5, eps: float = 0.1, n
                               test=ctx.splits.test, dim=int(run.get("embedding_dim", 64)),
                               margin=float(run.get("margin", 0.2)), miner=run.get("miner", "semihard"),
                               split_seed=ctx.seed, adversarial=mix)
-    trained.save(ctx.run_dir / "experiments" / "models" / "robust-embedding")
+    trained.save(ctx.file(A.experiment_model("robust-embedding")[1]))
     models = {"plain": ctx.model("embedding"), "robust": trained.model.eval()}
     names = list(ctx.dataset.class_names)
     cal, tr = ctx.splits.calibration, ctx.splits.train
@@ -72,7 +75,7 @@ def robust_embedding(ctx: RunContext, *, alpha: float = 0.5, eps: float = 0.1, n
         eps_emb, cov = embedding_budget(g, ctx, policy)
         row: dict[str, Any] = {"embedding_eps": eps_emb.tolist(), "embedding_coverage": cov.tolist()}
         if mname == "plain":
-            row["metrics"] = ctx.summary["models"]["embedding"]["metrics"]
+            row["metrics"] = ctx.model_config("embedding")["metrics"]
         else:
             row["metrics"] = trained.metrics
             row["training_seconds"] = trained.training["seconds"]
@@ -88,8 +91,8 @@ def robust_embedding(ctx: RunContext, *, alpha: float = 0.5, eps: float = 0.1, n
                                                           for c, n in enumerate(names)}}
         judge = KnnJudge(g, tr.images, tr.labels, ctx.dataset.num_classes, k=k, name=mname, device=ctx.device)
         for sn in semantic_norms:
-            hi = np.asarray(ctx.table.budgets[f"input/{sn}"].get("components", {}).get(
-                "geometric", ctx.table.budgets[f"input/{sn}"]["eps"]), float)
+            b = ctx.table().budget("input", sn)
+            hi = np.asarray(b.components.get("geometric", b.eps), float)
             radii = robustness_radii(judge, cal.images, cal.labels, sn, iters=int(sem_cfg["iters"]),
                                      steps=int(sem_cfg["steps"]), restarts=int(sem_cfg.get("restarts", 1)),
                                      seed=ctx.seed, device=ctx.device, show_progress=progress)
@@ -105,5 +108,5 @@ def robust_embedding(ctx: RunContext, *, alpha: float = 0.5, eps: float = 0.1, n
                "policy": {"q": policy.q, "s": policy.s, "rule": policy.rule},
                "robust_weights_sha256": trained.weights_sha256, "seconds": time.perf_counter() - t0,
                "provenance": ctx.provenance()}
-    save_experiment(ctx.run_dir, "robust-embedding", summary, arrays)
+    save_experiment(ctx, "robust-embedding", summary, arrays)
     return summary

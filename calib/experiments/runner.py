@@ -2,16 +2,18 @@
 run folder, cached like ``calib run``'s stages (same options, same artefacts, same code: reused)."""
 from __future__ import annotations
 
-import functools
-import os
-from pathlib import Path
-from typing import Any, Callable
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 from calib.errors import ConfigError, DataError
 from calib.io import read_json
 from calib.pipeline.cache import StageCache, StageRecord
-from calib.pipeline.context import load_run
-from calib.pipeline.stage import PipelineContext, Stage, model_files
+from calib.pipeline.stage import Stage, StageContext
+from calib.runfolder import artefacts as A
+
+if TYPE_CHECKING:
+    from calib.runfolder import RunFolder
 
 #: the options each experiment takes (anything else given is refused)
 ACCEPTS = {"transfer": ("epochs", "n"), "adversarial-training": ("epochs", "n", "alpha", "attack"),
@@ -40,29 +42,40 @@ def experiment_options(name: str, **given: Any) -> dict[str, Any]:
     return given
 
 
-def _compute(ctx: PipelineContext, name: str, options: dict[str, Any], progress: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ExperimentOptions:
+    """Experiment ``name`` with the options given (``kwargs``; the rest are its defaults) and the run's
+    recorded options (``run``), some of which experiments read (epochs, the semantic settings, q, s)."""
+
+    name: str
+    kwargs: dict[str, Any]
+    run: dict[str, Any]
+
+
+def compute(ctx: StageContext, o: ExperimentOptions) -> dict[str, Any]:
     from calib.experiments import EXPERIMENTS
 
-    summary = EXPERIMENTS[name](ctx, progress=progress, **options)
+    fn = EXPERIMENTS[o.name]
+    extra = {"run": o.run} if "run" in inspect.signature(fn).parameters else {}
+    summary = fn(ctx, progress=ctx.progress, **extra, **o.kwargs)
     return {"seconds": summary["seconds"]}
 
 
-def experiment_stage(name: str, options: dict[str, Any], progress: bool = False) -> Stage:
+def experiment_stage(name: str, options: dict[str, Any], run: dict[str, Any]) -> Stage:
     """Experiment ``name`` as a stage reading the run's models and epsilon table."""
-    return Stage(f"experiment-{name}", functools.partial(_compute, name=name, options=options, progress=progress),
-                 (f"experiments/{name}.json", f"experiments/{name}.npz"), {"options": options},
-                 reads=("eps_table.json", model_files("classifier")[0], model_files("embedding")[0]),
+    return Stage(f"experiment-{name}", compute, ExperimentOptions(name, options, run), A.experiment(name),
+                 reads=(A.EPS_TABLE, A.model("classifier")[0], A.model("embedding")[0]),
                  code=(CODE[name], "calib.experiments.context"))
 
 
-def run_experiment(run_dir: str | os.PathLike[str], name: str, *, device: str = "cpu", progress: bool = False,
+def run_experiment(folder: RunFolder, name: str, *, progress: bool = False,
                    on_stage: Callable[[str, str, StageRecord | None], None] | None = None,
                    **given: Any) -> tuple[dict[str, Any], StageRecord]:
-    """Run (or reuse) experiment ``name`` on a finished run folder; returns its saved summary and the
-    stage record (``reused`` when nothing it reads changed)."""
+    """Run (or reuse) experiment ``name`` on a finished run folder (the caller holds its lock); returns
+    its saved summary and the stage record (``reused`` when nothing it reads changed)."""
     options = experiment_options(name, **given)
-    run = load_run(run_dir, device)
-    ctx = PipelineContext(run.run_dir, run.summary, run.dataset, run.splits, run.table, run.device,
-                          cache=StageCache(Path(run_dir), on_stage))
-    rec = experiment_stage(name, options, progress).run(ctx)
-    return read_json(Path(run_dir) / "experiments" / f"{name}.json", DataError, "experiment result"), rec
+    if folder.summary() is None:
+        raise DataError(f"{folder.path} is not a finished run (no {A.SUMMARY}); run `calib run` first")
+    ctx = StageContext(folder, StageCache(folder.path, on_stage), progress=progress)
+    rec = experiment_stage(name, options, folder.config).run(ctx)
+    return read_json(folder.file(A.experiment(name)[0]), DataError, "experiment result"), rec

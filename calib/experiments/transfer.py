@@ -17,16 +17,18 @@ from typing import Any
 
 from calib.pipeline.config import default_epochs
 from calib.data.split import stratified_indices
-from calib.experiments.context import RunContext, per_class, save_experiment
+from calib.experiments.context import StageContext, per_class, save_experiment
 from calib.models.infer import forward_batched
 from calib.train import TrainConfig, train_classifier
 
 log = logging.getLogger(__name__)
 
 
-def transferability(ctx: RunContext, *, epochs: int | None = None, steps: int = 20, n: int | None = None,
+def transferability(ctx: StageContext, *, run: dict[str, Any] | None = None,
+                    epochs: int | None = None, steps: int = 20, n: int | None = None,
                     progress: bool = False) -> dict[str, Any]:
     """Run the experiment on ``ctx``; saves ``experiments/transfer.*`` and returns the summary."""
+    run = run if run is not None else ctx.config
     from calib.attacks.runner import run_attack
     from calib.data.split import stratified_subset
     from calib.pipeline.config import AttackConfig, attack_plan
@@ -37,7 +39,7 @@ def transferability(ctx: RunContext, *, epochs: int | None = None, steps: int = 
     half1, half2 = stratified_indices(train.labels, (0.5, 0.5), seed + 7)
     d1 = ctx.dataset.subset(train.indices[half1], "transfer-half1")
     d2 = ctx.dataset.subset(train.indices[half2], "transfer-half2")
-    epochs = epochs or int(ctx.run_config.get("classifier_epochs") or default_epochs(len(ctx.splits.train)))
+    epochs = epochs or int(run.get("classifier_epochs") or default_epochs(len(ctx.splits.train)))
     common = {"device": ctx.device, "progress": progress}
     f1 = train_classifier(d1, TrainConfig(epochs=epochs, seed=seed + 11, **common), test=ctx.splits.test).model
     f2 = train_classifier(d2, TrainConfig(epochs=epochs, seed=seed + 13, lr=2e-3, **common), test=ctx.splits.test,
@@ -54,7 +56,7 @@ def transferability(ctx: RunContext, *, epochs: int | None = None, steps: int = 
     for item in attack_plan(acfg):
         spec = dataclasses.replace(item["spec"], seed=seed)
         emb = ctx.model("embedding") if spec.attack == "embedding-pgd" else None
-        res = run_attack(spec, f1, emb, x, y, table=ctx.table if spec.eps is None else None, device=ctx.device,
+        res = run_attack(spec, f1, emb, x, y, table=ctx.table() if spec.eps is None else None, device=ctx.device,
                          show_progress=progress)
         x_adv = res["arrays"]["x_adv"]
         s1 = forward_batched(f1, x_adv).argmax(1).numpy() != y
@@ -82,5 +84,5 @@ def transferability(ctx: RunContext, *, epochs: int | None = None, steps: int = 
                    "disjoint": bool(not set(d1.indices) & set(d2.indices)), "epochs": epochs},
         "attacks": results, "n": int(len(y)), "steps": steps, "seconds": time.perf_counter() - t0,
         "provenance": ctx.provenance()}
-    save_experiment(ctx.run_dir, "transfer", summary, arrays)
+    save_experiment(ctx, "transfer", summary, arrays)
     return summary

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from calib.experiments.context import RunContext, save_experiment
+from calib.experiments.context import StageContext, save_experiment
 from calib.models.infer import forward_batched
 
 
@@ -27,7 +27,8 @@ def purity(labels: np.ndarray) -> float:
     return float(np.bincount(labels).max() / len(labels))
 
 
-def units_vs_random(ctx: RunContext, *, n_units: int = 8, n_random: int = 8, top: int = 8,
+def units_vs_random(ctx: StageContext, *,
+                    n_units: int = 8, n_random: int = 8, top: int = 8,
                     progress: bool = False) -> dict[str, Any]:
     """Run the experiment on the test part; saves ``experiments/units.*`` (with the top images)."""
     t0 = time.perf_counter()
@@ -54,5 +55,5 @@ def units_vs_random(ctx: RunContext, *, n_units: int = 8, n_random: int = 8, top
               "unit_indices": test.indices[tops_u], "random_indices": test.indices[tops_r],
               "unit_labels": y[tops_u], "random_labels": y[tops_r], "random_directions": dirs_r,
               "unit_purity": pu, "random_purity": pr}
-    save_experiment(ctx.run_dir, "units", summary, arrays)
+    save_experiment(ctx, "units", summary, arrays)
     return summary

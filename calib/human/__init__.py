@@ -6,8 +6,8 @@
 """
 from calib.human.agreement import agreement, roc_points, wilson
 from calib.human.sets import HumanSet, load_calib_npz, load_human_sets, load_tramer_set, save_human_set
-from calib.human.validate import available_judges, check_sets, load_validation, save_validation, validate_run
+from calib.human.validate import check_sets, load_validation, save_validation, validate_run
 
 __all__ = ["HumanSet", "load_human_sets", "load_calib_npz", "load_tramer_set", "save_human_set", "agreement",
-           "roc_points", "wilson", "available_judges", "check_sets", "validate_run", "save_validation",
+           "roc_points", "wilson", "check_sets", "validate_run", "save_validation",
            "load_validation"]

@@ -15,7 +15,8 @@ import struct
 import zlib
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -182,3 +183,28 @@ def serve(session: Session, port: int = 0) -> ThreadingHTTPServer:
 
 
 __all__ = ["serve", "make_handler", "png_bytes", "PAGE", "HOST"]
+
+
+def label(run: Any, session: str, *, attack: str | None = None, n: int = 100, controls: float = 0.1, port: int = 0,
+          seed: int = 0, say: Callable[[str], None] = print) -> Path:
+    """``calib label``: open (or resume) a labelling session of a run folder, serve it on 127.0.0.1 until
+    Ctrl-C, then record people's relabelling in the run's epsilon table; returns the session file.
+    ``say`` prints the page's address (the caller's console)."""
+    import sys
+
+    from calib.human.session import open_session
+    from calib.human.table import annotate_table
+
+    s = open_session(run, session, attack=attack, n=n, controls=controls, seed=seed)
+    server = serve(s, port)
+    say(f"labelling session {s.name!r}: {int((s.answers >= -1).sum())} of {len(s.answers)} answered")
+    say(f"serving http://{HOST}:{server.server_address[1]}/ (Ctrl-C to stop; every answer is saved when given)")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    annotate_table(run)
+    return s.path

@@ -15,7 +15,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,10 @@ from calib.errors import ConfigError, DataError
 from calib.human.agreement import wilson
 from calib.human.sets import save_human_set
 from calib.io import write_npz
+from calib.runfolder import artefacts as A
+
+if TYPE_CHECKING:
+    from calib.runfolder import RunFolder
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 UNCLEAR = -1
@@ -33,7 +37,7 @@ NOT_ANSWERED = -2
 class Session:
     """Items to label (in display order) and the answers so far (``NOT_ANSWERED`` where none)."""
 
-    folder: Path
+    run: RunFolder
     name: str
     x: np.ndarray              # (N, C, H, W) float32 in [0,1], display order
     source_index: np.ndarray   # (N,) dataset indices of the clean images
@@ -47,11 +51,11 @@ class Session:
 
     @property
     def path(self) -> Path:
-        return self.folder / f"{self.name}.npz"
+        return self.run.file(A.session(self.name)[0])
 
     @property
     def plan_path(self) -> Path:
-        return self.folder / f"{self.name}.plan"
+        return self.run.file(A.session(self.name)[1])
 
     def next_item(self) -> int:
         """The first unanswered item (``len`` when all are answered)."""
@@ -98,23 +102,19 @@ def _stratified(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndar
     return np.concatenate(picks)
 
 
-def open_session(run_dir: str | Path, name: str, *, attack: str | None = None, n: int = 100,
+def open_session(run: RunFolder, name: str, *, attack: str | None = None, n: int = 100,
                  controls: float = 0.1, seed: int = 0) -> Session:
     """Create session ``name`` for a run folder, or reopen it (then the other options are ignored).
 
     Raises:
         ConfigError: a bad name, or an attack the run does not have.
     """
-    from calib.io import read_json
-
-    run_dir = Path(run_dir)
     if not NAME.fullmatch(name):
         raise ConfigError(f"session name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
     if not 0 <= controls < 1 or n < 1:
         raise ConfigError("controls must be in [0, 1) and n >= 1")
-    folder = run_dir / "human"
-    names = list(read_json(run_dir / "stats.json", DataError, "run statistics")["dataset"]["class_names"])
-    plan = folder / f"{name}.plan"
+    names = run.class_names
+    plan = run.file(A.session(name)[1])
     if plan.exists():
         try:
             with np.load(plan, allow_pickle=False) as z:
@@ -122,17 +122,18 @@ def open_session(run_dir: str | Path, name: str, *, attack: str | None = None, n
         except (OSError, ValueError) as exc:
             raise DataError(f"{plan}: unreadable labelling session ({exc})") from exc
         answers = np.full(len(p["source_index"]), NOT_ANSWERED, np.int64)
-        saved = folder / f"{name}.npz"
+        saved = run.file(A.session(name)[0])
         if saved.exists():
             with np.load(saved, allow_pickle=False) as z:
                 answers[z["item"]] = z["human_label"]
-        return Session(folder, name, p["x"], p["source_index"], p["source_label"], p["control"], answers,
+        return Session(run, name, p["x"], p["source_index"], p["source_label"], p["control"], answers,
                        str(p["attack"]), str(p["norm"]) or None, names)
-    norms = [f.stem.rsplit("-", 1)[-1] for f in sorted((run_dir / "attacks").glob("pgd-table-*.npz"))]
+    have = run.names(A.ATTACKS)
+    norms = [a.rsplit("-", 1)[-1] for a in have if a.startswith("pgd-table-")]
     attack = attack or (f"pgd-table-{norms[0]}" if norms else "")
-    path = run_dir / "attacks" / f"{attack}.npz"
+    path = run.file(A.attack(attack)[0]) if attack else None
     if not attack or not path.exists():
-        have = ", ".join(sorted(p.stem for p in (run_dir / "attacks").glob("*.npz"))) or "none"
+        have = ", ".join(have) or "none"
         raise ConfigError(f"the run has no attack {attack or 'at the per-class budgets'!r} to label (it has: {have})")
     with np.load(path, allow_pickle=False) as z:
         a = {k: z[k] for k in ("x", "x_adv", "labels", "indices") if k in z.files}
@@ -150,15 +151,14 @@ def open_session(run_dir: str | Path, name: str, *, attack: str | None = None, n
     norm = attack.rsplit("-", 1)[-1] if attack.rsplit("-", 1)[-1] in ("linf", "l2") else ""
     made_at = ""
     if norm and attack.startswith("pgd-table-"):
-        from calib.budgets import load_table
         from calib.human.table import eps_hash
 
-        made_at = eps_hash(load_table(run_dir / "eps_table.json"), norm)
+        made_at = eps_hash(run.table(), norm)
     p = {"x": x[order].astype(np.float32), "source_index": src[order].astype(np.int64),
          "source_label": lab[order].astype(np.int64), "control": is_ctrl[order], "attack": np.array(attack),
          "norm": np.array(norm), "seed": np.int64(seed), "eps_hash": np.array(made_at)}
     write_npz(plan, p)
-    return Session(folder, name, p["x"], p["source_index"], p["source_label"], p["control"],
+    return Session(run, name, p["x"], p["source_index"], p["source_label"], p["control"],
                    np.full(len(x), NOT_ANSWERED, np.int64), attack, norm or None, names)
 
 

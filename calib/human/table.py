@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from calib.human.agreement import wilson
+from calib.runfolder import artefacts as A
+
+if TYPE_CHECKING:
+    from calib.runfolder import RunFolder
 
 
 def eps_hash(table: Any, norm: str) -> str:
@@ -29,22 +32,25 @@ def eps_hash(table: Any, norm: str) -> str:
     return hashlib.sha256(json.dumps([repr(float(v)) for v in table.eps("input", norm)]).encode()).hexdigest()
 
 
-def session_files(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """The run's labelling sessions with answers (``RUN/human/*.npz`` that have a ``.plan``)."""
-    folder = Path(run_dir) / "human"
-    return sorted(p for p in folder.glob("*.npz") if p.with_suffix(".plan").exists())
+def session_files(run: RunFolder) -> list[Path]:
+    """The run's labelling sessions with answers (``RUN/human/<session>.npz`` that have their plan)."""
+    out = []
+    for name in run.names(A.HUMAN):
+        answers, plan = A.session(name)
+        if run.exists(plan):
+            out.append(run.file(answers))
+    return out
 
 
-def human_blocks(run_dir: str | os.PathLike[str], table: Any) -> dict[str, dict[str, Any]]:
+def human_blocks(run: RunFolder, table: Any) -> dict[str, dict[str, Any]]:
     """``input/<norm>`` -> its ``human`` block, for every norm with sessions at the current budgets."""
     names = table.class_names
-    q = float(table.policy.get("q", 0.05))
-    sem = table.policy.get("semantic") or {}
-    judge = (sem.get("judge") or {}).get("name") if isinstance(sem.get("judge"), dict) else sem.get("judge")
-    agreement = judge_agreement(run_dir, judge)
+    q = table.q
+    judge = table.semantic_judge
+    agreement = judge_agreement(run, judge)
     counts: dict[str, dict[str, Any]] = {}
-    for path in session_files(run_dir):
-        with np.load(path.with_suffix(".plan"), allow_pickle=False) as z:
+    for path in session_files(run):
+        with np.load(run.file(A.session(path.stem)[1]), allow_pickle=False) as z:
             norm, made_at = str(z["norm"]), str(z["eps_hash"]) if "eps_hash" in z.files else ""
             labels = z["source_label"]
         key = f"input/{norm}"
@@ -70,11 +76,11 @@ def human_blocks(run_dir: str | os.PathLike[str], table: Any) -> dict[str, dict[
     return out
 
 
-def judge_agreement(run_dir: str | os.PathLike[str], judge: str | None) -> dict[str, Any] | None:
+def judge_agreement(run: RunFolder, judge: str | None) -> dict[str, Any] | None:
     """The run judge's measured agreement with people (``RUN/validation``), or ``None``."""
     from calib.human.validate import load_validation
 
-    validation = load_validation(run_dir)
+    validation = load_validation(run)
     if validation is None or judge not in validation[0].get("judges", {}):
         return None
     a = validation[0]["judges"][judge]["all"]
@@ -82,26 +88,23 @@ def judge_agreement(run_dir: str | os.PathLike[str], judge: str | None) -> dict[
             "sets": list(validation[0].get("sets", {}))}
 
 
-def annotate_table(run_dir: str | os.PathLike[str], table: Any | None = None, save: bool = True) -> Any:
+def annotate_table(run: RunFolder, table: Any | None = None, save: bool = True) -> Any:
     """The run's table with its ``human`` blocks and, in ``policy.semantic``, the judge's measured
     agreement with people (written back atomically with ``save``)."""
-    from calib.budgets import EpsTable, load_table
+    from calib.budgets import EpsTable
     from calib.io import to_jsonable
 
-    run_dir = Path(run_dir)
-    table = table or load_table(run_dir / "eps_table.json")
+    table = table or run.table()
     doc = table.to_dict()
     for b in doc["budgets"].values():
         b.pop("human", None)
-    for key, block in human_blocks(run_dir, table).items():
+    for key, block in human_blocks(run, table).items():
         doc["budgets"][key]["human"] = block
-    sem = doc["policy"].get("semantic")
-    if isinstance(sem, dict):
-        name = sem["judge"].get("name") if isinstance(sem.get("judge"), dict) else sem.get("judge")
-        sem["judge_agreement"] = judge_agreement(run_dir, name)
+    if table.semantic_judge is not None:
+        doc["policy"]["semantic"]["judge_agreement"] = judge_agreement(run, table.semantic_judge)
     out = EpsTable.from_dict(to_jsonable(doc))
     if save:
-        out.save(run_dir / "eps_table.json")
+        run.save_table(out)
     return out
 
 

@@ -10,9 +10,8 @@ people disagree. Results go to ``RUN/validation/validation.{json,npz}``.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,22 +19,15 @@ from calib.errors import DataError
 from calib.human.agreement import agreement, roc_points
 from calib.human.sets import HumanSet
 from calib.io import read_json, to_jsonable, write_json, write_npz
+from calib.judges import JudgeConfig
+from calib.runfolder import artefacts as A
+
+if TYPE_CHECKING:
+    from calib.runfolder import RunFolder
 
 log = logging.getLogger(__name__)
 
 FORMAT = "calib-validation"
-
-
-def available_judges(run_dir: str | os.PathLike[str], members: tuple[str, ...] = ("knn", "knn2")) -> list[str]:
-    """The judges whose models ``run_dir/models`` holds (the classifier first; the ensemble when
-    all its members are there)."""
-    from calib.judges import MODEL_OF
-
-    models = Path(run_dir) / "models"
-    have = [name for name, stem in MODEL_OF.items() if (models / f"{stem}.json").exists()]
-    if all(m in have for m in members):
-        have.append("ensemble")
-    return have
 
 
 def check_sets(ctx: Any, sets: list[HumanSet]) -> dict[str, np.ndarray]:
@@ -56,21 +48,24 @@ def check_sets(ctx: Any, sets: list[HumanSet]) -> dict[str, np.ndarray]:
     return out
 
 
-def validate_run(ctx: Any, sets: list[HumanSet], judges: list[str] | None = None, seed: int = 0,
-                 device: str = "cpu") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def validate_run(ctx: RunFolder, sets: list[HumanSet], judges: list[str] | None = None, seed: int = 0,
+                 judge_config: JudgeConfig | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Agreement of every judge with people on ``sets``; returns (the JSON document, per-image arrays).
 
     Args:
-        ctx: the run (:class:`calib.pipeline.context.RunContext`).
-        judges: judge names (default: :func:`available_judges`).
+        ctx: the run folder.
+        judges: judge names (default: every judge whose models the run has,
+            :meth:`~calib.runfolder.RunFolder.available_judges`).
+        judge_config: how judges are built (default: the run's ``[judge]`` options).
     """
     from calib.audit.audit import judge_verdicts
 
     if not sets:
         raise DataError("no human-labelled sets given")
     indices = check_sets(ctx, sets)
-    members = tuple((ctx.run_config.get("judge") or {}).get("members", ("knn", "knn2")))
-    judges = judges or available_judges(ctx.run_dir, members)
+    judge_config = judge_config or ctx.judge_config()
+    judges = judges or ctx.available_judges()
+    device = ctx.device
     ds = ctx.dataset
     arrays: dict[str, np.ndarray] = {}
     for s in sets:
@@ -89,7 +84,7 @@ def validate_run(ctx: Any, sets: list[HumanSet], judges: list[str] | None = None
                                "unclear": int((~clear).sum()), "relabelled": int((h[clear] != y[clear]).sum()),
                                "key": key}
     for name in judges:
-        judge = ctx.judge(name)
+        judge = ctx.judge(name, judge_config.identity(name))
         pooled: dict[str, list[np.ndarray]] = {k: [] for k in ("y", "h", "changed", "score", "label")}
         per_set = {}
         for s in sets:
@@ -122,26 +117,24 @@ def _key(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
-def save_validation(run_dir: str | os.PathLike[str], doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+def save_validation(run: RunFolder, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     """``RUN/validation/validation.npz`` then ``.json``, atomically."""
-    folder = Path(run_dir) / "validation"
-    write_npz(folder / "validation.npz", arrays)
-    write_json(folder / "validation.json", to_jsonable(doc))
-    return folder / "validation.json"
+    write_npz(run.file(A.VALIDATION_NPZ), arrays)
+    write_json(run.file(A.VALIDATION_JSON), to_jsonable(doc))
+    return run.file(A.VALIDATION_JSON)
 
 
-def load_validation(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+def load_validation(run: RunFolder) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
     """What :func:`save_validation` wrote, or ``None``."""
-    folder = Path(run_dir) / "validation"
-    if not (folder / "validation.json").exists():
+    if not run.exists(A.VALIDATION_JSON):
         return None
-    doc = read_json(folder / "validation.json", DataError, "validation results")
+    doc = read_json(run.file(A.VALIDATION_JSON), DataError, "validation results")
     try:
-        with np.load(folder / "validation.npz", allow_pickle=False) as z:
+        with np.load(run.file(A.VALIDATION_NPZ), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError) as exc:
-        raise DataError(f"{folder}/validation.npz: unreadable ({exc})") from exc
+        raise DataError(f"{run.file(A.VALIDATION_NPZ)}: unreadable ({exc})") from exc
     return doc, arrays
 
 
-__all__ = ["available_judges", "check_sets", "validate_run", "save_validation", "load_validation"]
+__all__ = ["check_sets", "validate_run", "save_validation", "load_validation"]

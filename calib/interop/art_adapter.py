@@ -36,12 +36,13 @@ def art_classifier(model: nn.Module, input_shape: tuple[int, ...], num_classes: 
 def art_attack(model: nn.Module, images, labels, table: EpsTable, *, attack: str = "pgd", norm: str = "linf",
                steps: int = 10, rel_step: float | None = None, random_start: bool = True, batch_size: int = 256,
                seed: int = 0, space: str = "input", fingerprint: str | None = None,
-               allow_mismatch: bool = False) -> np.ndarray:
+               allow_mismatch: bool = False) -> torch.Tensor:
     """Adversarial examples (N, C, H, W) float32 from ART ``ProjectedGradientDescent`` or
     ``FastGradientMethod``: per-sample ``eps``/``eps_step`` arrays (N, 1, 1, 1) in one call, or one
     call per class when PGD uses a random start (see the module docstring).
 
-    Samples whose class budget is 0 are returned unchanged.
+    Returns a float32 tensor, like every adapter (on ``images``'s device when it is a tensor, else on
+    the CPU; ART itself works on numpy). Samples whose class budget is 0 are returned unchanged.
     """
     require("art", "adversarial-robustness-toolbox")
     from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
@@ -79,4 +80,4 @@ def art_attack(model: nn.Module, images, labels, table: EpsTable, *, attack: str
             else:
                 run(live, eps[live])
     check_ball(x, out, eps, norm, tol=1e-6 if norm != "l1" else 1e-4, who=f"art.{name}")
-    return out
+    return torch.from_numpy(out).to(images.device if torch.is_tensor(images) else "cpu")

@@ -85,6 +85,16 @@ class JudgeConfig:
         """The single judges ``name`` consists of."""
         return tuple(self.members) if name == "ensemble" else (name,)
 
+    def identity(self, name: str | None = None) -> "JudgeConfig":
+        """The options that decide judge ``name``'s verdicts (default: the run's judge), and nothing
+        else: ``also`` dropped, the ensemble's members and rule only for the ensemble. Stages key on
+        it, so measuring one more judge or changing the ensemble does not redo a single judge's work."""
+        name = name or self.name
+        base = JudgeConfig()
+        ens = name == "ensemble"
+        return JudgeConfig(name=name, k=self.k, members=self.members if ens else base.members,
+                           rule=self.rule if ens else base.rule)
+
     def models(self) -> tuple[str, ...]:
         """Model stems every measured judge needs (the classifier is always trained)."""
         stems = {MODEL_OF[s] for n in self.measured for s in self.singles(n)}

@@ -1,6 +1,7 @@
 """Stage cache of a run folder: a stage is redone only when its inputs changed or its outputs are gone.
 
-Each finished stage writes ``cache/<stage>.json`` *after* its outputs (all written atomically):
+Each finished stage writes ``cache/<stage>.json`` (:func:`calib.runfolder.artefacts.manifest`) *after* its
+outputs (all written atomically):
 the stage's key (sha256 of its inputs: options, upstream artefact hashes, and the hash of the code it
 runs: :func:`code_hash`),
 the sha256 of every output file and a small JSON ``info`` (metrics, timings) downstream stages and
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from calib.io import read_json, sha256_file, to_jsonable, write_json
+from calib.runfolder import artefacts as A
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ def _read_source(path: Path) -> bytes:
 @functools.lru_cache(maxsize=None)
 def _imports_of(name: str, prefix: str) -> tuple[str, ...]:
     """The ``prefix`` modules that module ``name`` imports anywhere (functions included), except under
-    ``if TYPE_CHECKING:``."""
+    ``if TYPE_CHECKING:``. ``from package import submodule`` counts the submodule, not the package's
+    ``__init__`` (whose code the importer does not run); ``from package import name`` counts the package."""
     path = _module_file(name)
     if path is None:
         return ()
@@ -74,8 +77,10 @@ def _imports_of(name: str, prefix: str) -> tuple[str, ...]:
             if node.level:
                 parts = package.split(".")
                 base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names)
+            subs = [f"{base}.{a.name}" for a in node.names]
+            found.update(subs)
+            if not all(_module_file(m) is not None for m in subs):  # a name from the package itself
+                found.add(base)
     return tuple(sorted(m for m in found if (m == prefix or m.startswith(prefix + ".")) and m != name
                         and _module_file(m) is not None))
 
@@ -132,12 +137,12 @@ class StageCache:
 
     def __init__(self, root: Path, on_stage: Callable[[str, str, StageRecord | None], None] | None = None) -> None:
         self.root = Path(root)
-        self.dir = self.root / "cache"
+        self.dir = self.root / A.CACHE
         self.on_stage = on_stage or (lambda *_: None)
         self.records: list[StageRecord] = []
 
     def manifest_path(self, stage: str) -> Path:
-        return self.dir / f"{stage}.json"
+        return self.root / A.manifest(stage)
 
     def lookup(self, stage: str, key: str) -> dict[str, Any] | None:
         """The manifest if ``stage`` finished with this key and its outputs are intact, else ``None``."""

@@ -159,6 +159,10 @@ class RobustEmbeddingConfig:
 class RunConfig:
     """Options of the main job; defaults are the README quick start on digits.
 
+    ``threads``: CPU threads of torch, numba and faiss (default :data:`calib.device.DEFAULT_THREADS`;
+    the count is recorded and is part of every tensor stage's cache key, since results differ in the
+    last bits between thread counts).
+
     ``classifier`` / ``classifier_weights``: attack and audit a classifier of your own
     (``PACKAGE.MODULE:FACTORY`` and a safetensors file, :mod:`calib.models.external`) instead of
     training one; ``classifier_epochs`` then does not apply."""
@@ -197,6 +201,7 @@ class RunConfig:
     tsne_points: int = 2000
     gallery_per_class: int = 2
     progress: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         """Validate every option up front, so a bad one fails before anything is computed or written."""
@@ -218,6 +223,8 @@ class RunConfig:
             raise ConfigError(f"max_calibration must be >= 2; got {self.max_calibration}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0; got {self.seed}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1; got {self.threads}")
         if self.miner not in ("semihard", "hard", "all"):
             raise ConfigError(f"unknown miner {self.miner!r}; choose semihard, hard or all")
         if self.embedding_dim < 1 or not self.margin > 0:
@@ -244,6 +251,27 @@ class RunConfig:
         value = self.classifier_epochs if which == "classifier" else self.embedding_epochs
         return value if value is not None else default_epochs(n_train)
 
+    @classmethod
+    def from_sources(cls, path: str | Path | None = None, flags: dict[str, Any] | None = None) -> "RunConfig":
+        """The run's options from a config file (``.toml``/``.yaml``, optional) and flags given on the
+        command line, which win: a flag for a nested section (``{"judge": {"name": "robust"}}``) is
+        merged into the file's section key by key, ``false`` turns a section off.
+
+        Raises:
+            ConfigError: an unknown or invalid option, or a flag for a section turned off.
+        """
+        doc = read_config_file(path) if path is not None else {}
+        for key, value in (flags or {}).items():
+            if key in _NESTED and isinstance(value, dict):
+                base = doc.get(key, {})
+                if base is False:
+                    raise ConfigError(f"{path}: [{key}] is turned off, so {', '.join(value)} cannot be set; drop "
+                                      f"'{key} = false'")
+                doc[key] = {**(base if isinstance(base, dict) else {}), **value}
+            else:
+                doc[key] = value
+        return run_config_from_mapping(doc, str(path) if path is not None else "options")
+
     def run_dir(self) -> Path:
         if self.out:
             return Path(self.out)
@@ -266,21 +294,60 @@ def _coerce(cls: type, values: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(names)}")
-    kwargs = {}
-    for k, v in values.items():
-        if isinstance(v, list):
-            v = tuple(v)
-        kwargs[k] = v
+    kwargs = {k: _typed(v, str(names[k].type), f"{where}: {k}") for k, v in values.items()}
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+_SCALARS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _typed(value: Any, annotation: str, what: str) -> Any:
+    """``value`` checked against a field's annotation (``int``, ``float | None``, ``tuple[str, ...]``,
+    ``tuple[float, float, float]``, ``dict[str, float]``; others pass as they are): one clear line for
+    a wrong type, before anything runs. A single string where a tuple of strings is expected is a
+    one-element tuple (``sets = "folder"``), never its letters."""
+    options = [a.strip() for a in annotation.split("|")]
+    if value is None:
+        if "None" in options:
+            return None
+        raise ConfigError(f"{what} must be given (not null)")
+    kinds = [a for a in options if a != "None"]
+    if len(kinds) != 1:
+        return value
+    kind = kinds[0]
+    if kind in _SCALARS:
+        if not (isinstance(value, _SCALARS[kind]) and (kind == "bool" or not isinstance(value, bool))):
+            raise ConfigError(f"{what} must be {_NAMES[kind]}; got {value!r}")
+        return value
+    if kind.startswith("tuple["):
+        inner = [a.strip() for a in kind[len("tuple["):-1].split(",")]
+        if isinstance(value, str) and inner[0] == "str":
+            value = (value,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{what} must be a list; got {value!r}")
+        if inner[-1] != "...":
+            if len(value) != len(inner):
+                raise ConfigError(f"{what} must be a list of {len(inner)} values; got {len(value)}: {list(value)}")
+            return tuple(_typed(v, t, f"{what}[{i}]") for i, (v, t) in enumerate(zip(value, inner)))
+        return tuple(_typed(v, inner[0], f"{what}[{i}]") for i, v in enumerate(value))
+    if kind.startswith("dict[") and isinstance(value, dict):
+        key_t, val_t = (a.strip() for a in kind[len("dict["):-1].split(",", 1))
+        return {_typed(k, key_t, what): _typed(v, val_t, f"{what}.{k}") for k, v in value.items()}
+    return value
+
+
+_NAMES = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
 def run_config_from_mapping(values: dict[str, Any], where: str = "config") -> RunConfig:
     """A :class:`RunConfig` from a plain mapping (nested sections as mappings; ``false`` turns
     ``semantic``/``attack`` off)."""
     values = dict(values)
+    if values.get("max_calibration") is False:  # a config file's way to say "no cap"
+        values["max_calibration"] = None
     for key, cls in _NESTED.items():
         if key in values:
             v = values[key]
@@ -340,9 +407,10 @@ def embedding_step(cfg: AttackConfig, norm: str, cap: float | None = None) -> fl
     return 2.5 * float(cap) / cfg.steps
 
 
-def attack_plan(cfg: AttackConfig) -> list[dict[str, Any]]:
+def attack_plan(cfg: AttackConfig, seed: int = 0) -> list[dict[str, Any]]:
     """The attacks of the headline: for each norm, PGD under the global eps, PGD under the table's
-    per-class eps and embedding-projected PGD (embedding ball from the table, input cap = global eps)."""
+    per-class eps and embedding-projected PGD (embedding ball from the table, input cap = global eps),
+    all seeded with ``seed``."""
     from calib.attacks.runner import AttackSpec
 
     plan = []
@@ -352,12 +420,13 @@ def attack_plan(cfg: AttackConfig) -> list[dict[str, Any]]:
         step = embedding_step(cfg, norm)
         plan += [
             {"name": f"pgd-global-{norm}", "budget": "global", "ball_space": "input",
-             "spec": AttackSpec(attack="pgd", norm=norm, eps=g, steps=cfg.steps, restarts=cfg.restarts)},
+             "spec": AttackSpec(attack="pgd", norm=norm, eps=g, steps=cfg.steps, restarts=cfg.restarts, seed=seed)},
             {"name": f"pgd-table-{norm}", "budget": "per-class", "ball_space": "input",
-             "spec": AttackSpec(attack="pgd", norm=norm, eps=None, steps=cfg.steps, restarts=cfg.restarts)},
+             "spec": AttackSpec(attack="pgd", norm=norm, eps=None, steps=cfg.steps, restarts=cfg.restarts,
+                                seed=seed)},
             {"name": f"embedding-pgd-{norm}", "budget": "embedding", "ball_space": "embedding",
              "spec": AttackSpec(attack="embedding-pgd", norm=norm, eps=None, cap=cap, steps=cfg.steps,
                                 restarts=cfg.restarts, step_size=step, method=cfg.projection,
-                                newton_iters=cfg.newton_iters)},
+                                newton_iters=cfg.newton_iters, seed=seed)},
         ]
     return plan

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from calib.errors import DataError
+from calib.runfolder import artefacts as A
 from calib.report.figures import _go, _image_axes, image_trace, esc, palette
+
+if TYPE_CHECKING:
+    from calib.runfolder import RunFolder
 
 TITLES = {"transfer": "Experiment: transferability", "adversarial-training": "Experiment: adversarial training",
           "robust-embedding": "Experiment: robust triplet embedding",
@@ -169,15 +171,16 @@ SECTIONS: dict[str, Callable[..., None]] = {
     "robust-embedding": robust_embedding_section, "linearity": linearity_section, "units": units_section}
 
 
-def load_experiments(run_dir: str | os.PathLike[str]) -> dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]]:
+def load_experiments(run: RunFolder) -> dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]]:
     """Every saved experiment of a run: name -> (summary, arrays)."""
     out = {}
-    for p in sorted((Path(run_dir) / "experiments").glob("*.json")):
+    for name in run.names(A.EXPERIMENTS):
+        doc_path, npz_path = (run.file(f) for f in A.experiment(name))
         try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-            with np.load(p.with_suffix(".npz"), allow_pickle=False) as z:
+            doc = json.loads(doc_path.read_text(encoding="utf-8"))
+            with np.load(npz_path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError) as exc:
-            raise DataError(f"{p}: unreadable experiment result ({exc})") from exc
-        out[p.stem] = (doc, arrays)
+            raise DataError(f"{doc_path}: unreadable experiment result ({exc})") from exc
+        out[name] = (doc, arrays)
     return out

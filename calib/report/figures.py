@@ -66,13 +66,12 @@ def class_pair_heatmaps(matrices: dict[tuple[str, str, str], Any], class_names: 
 
 
 def _budget_marks(table: Any, key: str) -> dict[str, np.ndarray]:
-    b = table.budgets.get(key)
-    if b is None:
+    if key not in table.keys:
         return {}
-    comps = b.get("components", {})
-    marks = {"ε (table)": np.asarray(b["eps"], float)}
-    if "geometric" in comps:
-        marks["ε geometric"] = np.asarray(comps["geometric"], float)
+    b = table.budget(key)
+    marks = {"ε (table)": b.eps}
+    if "geometric" in b.components:
+        marks["ε geometric"] = np.asarray(b.components["geometric"], float)
     return marks
 
 
@@ -170,7 +169,7 @@ def eps_table_chart(table: Any) -> Any:
 
     go = _go()
     order = ["input/linf", "input/l2", "input/l1", "embedding/l2"]
-    keys = sorted(table.budgets, key=lambda k: order.index(k) if k in order else len(order))
+    keys = sorted(table.keys, key=lambda k: order.index(k) if k in order else len(order))
     names = [esc(c) for c in table.class_names]
     fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=[NORM_LABEL.get(k, k) + (" (log axis)" if k.startswith("input") else "")
@@ -183,24 +182,23 @@ def eps_table_chart(table: Any) -> Any:
         return first
 
     for r, key in enumerate(keys, 1):
-        b = table.budgets[key]
-        eps = np.asarray(b["eps"], float)
+        b = table.budget(key)
+        eps = b.eps
         fig.add_trace(go.Bar(x=names, y=eps, name="final ε (table)", showlegend=legend("final"), legendgroup="final",
-                             marker_color="#4c78a8", customdata=np.asarray(b["coverage"], float),
+                             marker_color="#4c78a8", customdata=b.coverage,
                              hovertemplate="class %{x}: ε %{y:.4g}, coverage %{customdata:.3f}<extra></extra>"),
                       row=r, col=1)
-        comps = b.get("components", {})
-        if "geometric" in comps:
-            fig.add_trace(go.Scatter(x=names, y=comps["geometric"], mode="markers", name="geometric ε",
+        if "geometric" in b.components:
+            fig.add_trace(go.Scatter(x=names, y=b.components["geometric"], mode="markers", name="geometric ε",
                                      marker={"symbol": "line-ew-open", "size": 18, "color": "black",
                                              "line": {"width": 3}},
                                      showlegend=legend("geo"), legendgroup="geo",
                                      hovertemplate="class %{x}: geometric ε %{y:.4g}<extra></extra>"), row=r, col=1)
-        sem = comps.get("semantic")
-        if isinstance(sem, dict):
-            emp = np.array([np.nan if v is None else v for v in sem["empirical"]], float)
-            cert = None if sem.get("certified") is None else np.asarray(sem["certified"], float)
-            judge = esc(sem.get("judge"))
+        sem = b.semantic
+        if sem is not None:
+            emp = np.array([np.nan if v is None else v for v in sem.empirical], float)
+            cert = None if sem.certified is None else np.asarray(sem.certified, float)
+            judge = esc(sem.judge)
             if cert is not None:
                 fig.add_trace(go.Scatter(x=names, y=cert, mode="markers", name=f"semantic bracket ({judge})",
                                          error_y={"type": "data", "symmetric": False,

@@ -161,9 +161,10 @@ class Stats:
         }
 
     # ---- persistence -----------------------------------------------------------------------------
-    def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write ``stats.npz`` (arrays) then ``stats.json`` (summary + provenance), atomically."""
-        folder = Path(folder)
+    def save(self, stem: str | os.PathLike[str]) -> Path:
+        """Write ``<stem>.npz`` (arrays) then ``<stem>.json`` (summary + provenance), atomically; returns
+        the JSON path. A run folder's stem is :data:`calib.runfolder.artefacts.STATS`."""
+        stem = Path(stem)
         arrays: dict[str, np.ndarray] = {}
         for (space, norm, pair), p in self.pairs.items():
             key = f"pair__{space}__{norm}__{pair}__"
@@ -173,26 +174,29 @@ class Stats:
         for (space, norm, mode), m in self.matrices.items():
             key = f"matrix__{space}__{norm}__{mode}__"
             arrays |= {key + f: v for f, v in m.arrays().items()}
-        write_npz(folder / "stats.npz", arrays)
-        write_json(folder / "stats.json", to_jsonable(self.summary()))
-        return folder / "stats.json"
+        write_npz(stem.with_name(stem.name + ".npz"), arrays)
+        write_json(stem.with_name(stem.name + ".json"), to_jsonable(self.summary()))
+        return stem.with_name(stem.name + ".json")
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str]) -> "Stats":
-        """Read a saved ``stats.json`` + ``stats.npz`` (``allow_pickle=False``)."""
-        folder = Path(folder)
-        if folder.suffix in (".json", ".npz"):
-            folder = folder.parent
+    def load(cls, stem: str | os.PathLike[str]) -> "Stats":
+        """Read saved ``<stem>.json`` + ``<stem>.npz`` (``allow_pickle=False``); ``stem`` may also name
+        either file."""
+        stem = Path(stem)
+        if stem.suffix in (".json", ".npz"):
+            stem = stem.with_suffix("")
+        js, npz = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".npz")
         try:
-            summary = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
-            with np.load(folder / "stats.npz", allow_pickle=False) as z:
+            summary = json.loads(js.read_text(encoding="utf-8"))
+            with np.load(npz, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except FileNotFoundError as exc:
-            raise DataError(f"no saved statistics in {folder} ({exc.filename} missing); run `calib stats`") from exc
+            raise DataError(f"no saved statistics at {stem} ({exc.filename} missing); run `calib stats`") from exc
         except (OSError, ValueError, json.JSONDecodeError) as exc:
-            raise DataError(f"{folder}: corrupt statistics files ({exc})") from exc
-        if summary.get("format") != FORMAT or summary.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"{folder / 'stats.json'}: not calib statistics version {FORMAT_VERSION}")
+            raise DataError(f"{stem}: corrupt statistics files ({exc})") from exc
+        if not isinstance(summary, dict) or summary.get("format") != FORMAT or \
+                summary.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"{js}: not calib statistics version {FORMAT_VERSION}")
         meta = {k: v for k, v in summary.items() if k not in ("neighbours", "matrices")}
         out = cls(meta)
         for name, info in summary["matrices"].items():

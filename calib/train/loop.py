@@ -68,6 +68,7 @@ class TrainConfig:
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("progress")
+        d["threads"] = torch.get_num_threads()  # results depend on it in the last bits: recorded
         if not d["augment"]:
             d.pop("augment")  # the key of a run without augmentation is what it always was
         return d

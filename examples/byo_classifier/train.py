@@ -21,7 +21,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_net import TinyNet  # noqa: E402
 
-from calib.data import load_dataset, split_dataset  # noqa: E402
+from calib.data import SplitSpec, load_dataset  # noqa: E402
 
 log = logging.getLogger("train")
 
@@ -36,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ds = load_dataset(args.dataset, args.data_dir)
-    train = split_dataset(ds, seed=args.seed).train
+    train = SplitSpec(seed=args.seed).build(ds).train  # the split `calib run --seed` makes by default
     torch.manual_seed(args.seed)
     model = TinyNet(channels=ds.image_shape[0], classes=ds.num_classes)
     x, y = torch.from_numpy(train.images), torch.from_numpy(train.labels)

@@ -27,7 +27,7 @@ from calib.errors import CalibError
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".calib.lock"
+from calib.runfolder.artefacts import LOCK as LOCK_NAME
 
 
 class RunFolderLocked(CalibError):
