@@ -16,8 +16,8 @@ __all__ = ["__version__", "CalibError", "DataError", "ArtefactError", "ConfigErr
 
 def __getattr__(name: str):
     """``calib.open_run(PATH)``: a run folder (imported on first use, so ``import calib`` stays light)."""
-    if name == "open_run":
-        from calib.runfolder import open_run
+    if name == "open_run":  # (by name: no stage's cache key should follow this accessor into the run folder)
+        import importlib
 
-        return open_run
+        return importlib.import_module("calib.runfolder").open_run
     raise AttributeError(f"module 'calib' has no attribute {name!r}")

@@ -70,7 +70,8 @@ def _show(*items: Any) -> None:
 def _main(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv debug)."),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of torch, numba and faiss "
-                                                "(default 1, or $CALIB_THREADS; a run's config key `threads` wins). "
+                                                "(default: every core up to 4, or $CALIB_THREADS; a run's config key `threads` wins; "
+                                                "--threads 1 on a machine other jobs keep busy). "
                                                 "Results differ in the last bits between thread counts: runs record "
                                                 "it, and it is part of every tensor stage's cache key.")) -> None:
     level = logging.WARNING if quiet else (logging.INFO if verbose == 1 else
@@ -240,18 +241,19 @@ def report(run_dir: Path = RunArg,
         path = write_report(folder, out)
     _show(f"report written to {path}")
     if check:
+        _show(f"loading {path} in headless Chromium (up to 30 s of page time)…")
         result = check_page(path)
         if not result.ok:
             raise BrowserError(f"{path}: " + "; ".join(result.problems()))
         _show(f"chromium: {len(result.figures)} figures rendered, no console errors, nothing fetched")
     if screenshots is not None:
-        shots = screenshot_sections(path, screenshots, [sid for sid, _ in SECTIONS])
+        shots = screenshot_sections(path, screenshots, [sid for sid, _ in SECTIONS], show_progress=True)
         _show(f"{len(shots)} screenshots in {screenshots}")
 
 
 @app.command("experiment")
-def experiment_cmd(name: str = typer.Argument(..., help="transfer, adversarial-training, robust-embedding, "
-                                              "linearity or units."),
+def experiment_cmd(name: str = typer.Argument(..., metavar="NAME", help="The experiment: transfer, "
+                                              "adversarial-training, robust-embedding, linearity or units."),
                    run_dir: Path = typer.Option(..., "--run", help="A finished `calib run` folder."),
                    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs "
                                                         "(default: the run's)."),
@@ -264,10 +266,14 @@ def experiment_cmd(name: str = typer.Argument(..., help="transfer, adversarial-t
                    n: Optional[int] = typer.Option(None, "--n", min=1, help="Test examples (stratified); default all."),
                    no_report: bool = typer.Option(False, "--no-report", help="Do not rebuild report.html."),
                    device: str = DeviceOpt, no_progress: bool = NoProgressOpt) -> None:
-    """Run one background experiment on a run folder and add its section to the report (cached: the
-    same experiment with the same options on unchanged models is reused)."""
+    """Run one background experiment on a run folder, print what it found and add its section to the
+    report (cached: the same experiment with the same options on unchanged models is reused).
+
+    NAME is one of: transfer (transferability between two classifiers), adversarial-training (global
+    vs per-class eps), robust-embedding (a robust triplet judge vs the plain one), linearity (the linear
+    explanation), units (embedding coordinates vs random directions)."""
     from calib.experiments.runner import experiment_options, run_experiment
-    from calib.report import write_report
+    from calib.report import text, write_report
     from calib.runfolder import artefacts as A
 
     options = dict(epochs=epochs, alpha=alpha, attack=attack, eps=eps, n=n)
@@ -276,7 +282,7 @@ def experiment_cmd(name: str = typer.Argument(..., help="transfer, adversarial-t
     with folder.writing(f"calib experiment {name}"):
         doc, rec = run_experiment(folder, name, progress=not no_progress, **options)
         how = "reused (nothing it reads changed)" if rec.reused else f"done in {doc['seconds']:.1f} s"
-        _show(f"{name}: {how} -> {folder.file(A.experiment(name)[0])}")
+        _show(*text.experiment(name, doc), f"{name}: {how} -> {folder.file(A.experiment(name)[0])}")
         if not no_report:
             _show(f"report updated: {write_report(folder)}")
 

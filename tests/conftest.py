@@ -13,7 +13,7 @@ import pytest
 from calib.data import load_dataset, split_dataset
 from calib.device import set_threads
 
-set_threads(1)  # what the command line uses by default; results (and cache keys) depend on the count
+set_threads()  # what the command line uses by default; results (and cache keys) depend on the count
 
 ROOT = Path(__file__).resolve().parents[1]
 #: MNIST's IDX files: $CALIB_TEST_MNIST, else the shared data folder beside the clone (CI)

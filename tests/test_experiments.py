@@ -198,3 +198,18 @@ def test_adversarial_mix_validation():
             AdversarialMix(**bad)
     with pytest.raises(ConfigError, match="per-class eps"):
         AdversarialMix(eps=(0.1, 0.2)).eps_for(torch.tensor([0, 5]))
+
+
+def test_each_experiment_prints_what_it_found(exp_run):
+    from rich.console import Console
+
+    from calib.report import text
+
+    _, _, exps = exp_run
+    console = Console(record=True, width=200)
+    for name, (doc, _) in exps.items():
+        lines = text.experiment(name, doc)
+        assert lines, name
+        console.print(*lines)
+    out = console.export_text()
+    assert "transfer to f2" in out and "robust (per-class eps)" in out and "label purity" in out

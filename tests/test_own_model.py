@@ -159,18 +159,21 @@ def test_own_classifier_audit_of_imported_examples_records_whose_predictions(use
                     0, 1).astype(np.float32)
     with torch.no_grad():
         own = model(torch.from_numpy(x_adv)).argmax(1).numpy()
+        clean_ok = model(torch.from_numpy(test.images[:30])).argmax(1).numpy() == test.labels[:30]
     path = tmp_path / "adv.npz"
     np.savez(path, x_adv=x_adv, indices=test.indices[:30])
     assert cli.main(["audit", str(out), "--adversarial", str(path), "--name", "by-run"]) == 0
     a = AuditResult.load(out / "audit", "by-run")
     assert a.meta["predictions"]["by"] == "the run's classifier"
-    assert np.array_equal(a.arrays["success"], own != test.labels[:30])
+    assert np.array_equal(a.arrays["success"], (own != test.labels[:30]) & clean_ok)  # clean errors apart
+    assert np.array_equal(a.arrays["clean_error"], ~clean_ok)
     other = (own + 1) % 10  # another attacked model's predictions, supplied with the examples
     np.savez(path, x_adv=x_adv, indices=test.indices[:30], pred=other)
     assert cli.main(["audit", str(out), "--adversarial", str(path), "--name", "supplied"]) == 0
     a = AuditResult.load(out / "audit", "supplied")
     assert a.meta["predictions"]["by"].startswith("the attacked model")
-    assert np.array_equal(a.arrays["success"], other != test.labels[:30])
+    assert np.array_equal(a.arrays["success"], other != test.labels[:30])  # no pred_clean: clean errors unknown
+    assert not a.meta["clean_predictions"] and not a.arrays["clean_error"].any()
     capsys.readouterr()
     np.savez(path, x_adv=x_adv, indices=test.indices[:30], pred=np.full(30, 11))
     assert cli.main(["audit", str(out), "--adversarial", str(path), "--name", "bad"]) == 2

@@ -148,4 +148,4 @@ def test_radii_and_per_sample_files_roundtrip(setup, digits_splits, tmp_path):
     np.testing.assert_allclose(got, np.minimum(geo_ps, rr["l2"].certified)[:5].astype(np.float32))
     assert ps.meta["bound"] == "certified"
     with pytest.raises(PerSampleError, match="no per-sample budget"):
-        ps.eps_for(digits_splits.test.indices[:2])
+        ps.eps_for(digits_splits.train.indices[:2])

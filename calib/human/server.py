@@ -178,11 +178,20 @@ def make_handler(session: Session) -> type[BaseHTTPRequestHandler]:
 
 
 def serve(session: Session, port: int = 0) -> ThreadingHTTPServer:
-    """A server for ``session`` bound to 127.0.0.1 (``port`` 0: any free port); call ``serve_forever``."""
-    return ThreadingHTTPServer((HOST, port), make_handler(session))
+    """A server for ``session`` bound to 127.0.0.1 (``port`` 0: any free port); call ``serve_forever``.
 
+    Raises:
+        CalibError: the port is taken (or not allowed).
+    """
+    import errno
 
-__all__ = ["serve", "make_handler", "png_bytes", "PAGE", "HOST"]
+    try:
+        return ThreadingHTTPServer((HOST, port), make_handler(session))
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise CalibError(f"port {port} on {HOST} is {'in use' if exc.errno == errno.EADDRINUSE else 'not allowed'};"
+                             " pass another --port, or --port 0 for any free one") from exc
+        raise
 
 
 def label(run: Any, session: str, *, attack: str | None = None, n: int = 100, controls: float = 0.1, port: int = 0,
@@ -208,3 +217,6 @@ def label(run: Any, session: str, *, attack: str | None = None, n: int = 100, co
         server.server_close()
     annotate_table(run)
     return s.path
+
+
+__all__ = ["serve", "make_handler", "png_bytes", "label", "PAGE", "HOST"]

@@ -114,8 +114,11 @@ def check_page(path: str | os.PathLike[str], chromium: str | None = None, timeou
 
 def screenshot_sections(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], sections: list[str],
                         chromium: str | None = None, width: int = 1400, height: int = 2600,
-                        timeout: float = 180.0) -> list[Path]:
-    """One PNG per section (``report.html#only=<id>``), trimmed of the empty space below it."""
+                        timeout: float = 180.0, show_progress: bool = False) -> list[Path]:
+    """One PNG per section (``report.html#only=<id>``), trimmed of the empty space below it; a progress
+    bar per section (each takes a Chromium start, several seconds)."""
+    from calib.progress import progress
+
     exe = chromium or find_chromium()
     if exe is None:
         raise BrowserError("no chromium found (Debian: apt-get install -y chromium, or set $CALIB_CHROMIUM)")
@@ -123,17 +126,25 @@ def screenshot_sections(path: str | os.PathLike[str], out_dir: str | os.PathLike
     out_dir.mkdir(parents=True, exist_ok=True)
     uri = Path(path).resolve().as_uri()
     shots = []
-    for sid in sections:
-        png = out_dir / f"{sid}.png"
-        h = height * 3 if sid == "galleries" else height  # several tall galleries
-        with tempfile.TemporaryDirectory(prefix="calib-shot-") as tmp:
-            res = _run([exe, *FLAGS, f"--user-data-dir={tmp}", "--virtual-time-budget=30000",
-                        f"--window-size={width},{h}", f"--screenshot={png}", f"{uri}#only={sid}"], timeout)
-        if not png.exists():
-            raise BrowserError(f"no screenshot of section {sid} (exit {res.returncode})")
-        _trim(png)
-        shots.append(png)
+    with progress(show_progress) as bar:
+        task = bar.add_task("screenshots", total=len(sections), status="")
+        for sid in sections:
+            bar.update(task, status=sid)
+            shots.append(_screenshot(exe, uri, out_dir, sid, width, height * 3 if sid == "galleries" else height,
+                                     timeout))
+            bar.advance(task)
     return shots
+
+
+def _screenshot(exe: str, uri: str, out_dir: Path, sid: str, width: int, h: int, timeout: float) -> Path:
+    png = out_dir / f"{sid}.png"
+    with tempfile.TemporaryDirectory(prefix="calib-shot-") as tmp:
+        res = _run([exe, *FLAGS, f"--user-data-dir={tmp}", "--virtual-time-budget=30000",
+                    f"--window-size={width},{h}", f"--screenshot={png}", f"{uri}#only={sid}"], timeout)
+    if not png.exists():
+        raise BrowserError(f"no screenshot of section {sid} (exit {res.returncode})")
+    _trim(png)
+    return png
 
 
 def _trim(png: Path) -> None:

@@ -246,3 +246,41 @@ def comparison(doc: dict[str, Any]) -> list[Any]:
                   f"{r['b']:.4g} ({r['coverage_b']:.2f})", "–" if r["ratio"] is None else f"{r['ratio']:.3f}")
     tail = [f"only in {side}: {', '.join(keys)}" for side, keys in (("A", doc["only_a"]), ("B", doc["only_b"])) if keys]
     return [*head, t, *tail]
+
+
+def experiment(name: str, doc: dict[str, Any]) -> list[Any]:
+    """What an experiment found, as ``calib experiment`` prints it (the report has the figures)."""
+    if name == "transfer":
+        m = doc["models"]
+        t = Table("attack", "budget", "n (both right)", "f1 success", "transfer to f2",
+                  title=f"transfer: f1 accuracy {m['f1']['test_accuracy']:.3f}, f2 {m['f2']['test_accuracy']:.3f}")
+        for k, v in doc["attacks"].items():
+            t.add_row(_e(k), _e(v["budget"]), str(v["n_both_correct"]), num(v["f1_success"]), num(v["transfer_rate"]))
+        return [t]
+    if name == "adversarial-training":
+        t = Table("classifier", "clean accuracy", "robust (global eps)", "robust (per-class eps)",
+                  title=f"adversarial training ({_e(doc['attack'])}, alpha {doc['alpha']}), {doc['n']} test points")
+        for k, v in doc["variants"].items():
+            t.add_row(_e(k), num(v["clean_accuracy"]), num(v["robust_accuracy_global"]),
+                      num(v["robust_accuracy_per-class"]))
+        return [t]
+    if name == "robust-embedding":
+        norms = doc["semantic_norms"]
+        t = Table("embedding", "P@1", *[f"median semantic {n} over classes" for n in norms],
+                  "probe: share within budget", title="robust triplet embedding vs plain")
+        for k, v in doc["embeddings"].items():
+            med = [float(sorted(v[f"semantic_{n}"])[len(v[f"semantic_{n}"]) // 2]) for n in norms]
+            t.add_row(_e(k), num(v["metrics"].get("test_precision_at_1")), *(f"{x:.4g}" for x in med),
+                      num(v["probe"]["share_within_budget"]))
+        return [t]
+    if name == "linearity":
+        t = Table("inputs n", "clean accuracy", "predicted score change", "measured (clipped)", "FGSM success",
+                  title=f"linearity at eps {doc['eps']}")
+        for r in doc["rows"]:
+            t.add_row(str(r["n"]), num(r["clean_accuracy"]), f"{r['predicted']:.4g}", f"{r['measured_clipped']:.4g}",
+                      num(r["fgsm_success"]))
+        return [t]
+    if name == "units":
+        return [f"units: top-{doc['top']} label purity along embedding coordinates {doc['mean_unit_purity']:.3f}, "
+                f"along random directions {doc['mean_random_purity']:.3f}, random sets {doc['null_purity_mean']:.3f}"]
+    return []

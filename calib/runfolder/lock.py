@@ -68,7 +68,12 @@ class RunLock:
         if depth:
             RunLock._held[self.folder] = depth + 1
             return self
+        if self.folder.exists() and not self.folder.is_dir():
+            raise CalibError(f"run folder {self.folder} is a file, not a folder; choose another --out")
         if self.create:
+            above = next((p for p in self.folder.parents if p.exists()), None)
+            if above is not None and not above.is_dir():
+                raise CalibError(f"run folder {self.folder} cannot be made: {above} is a file, not a folder")
             self.folder.mkdir(parents=True, exist_ok=True)
         elif not self.folder.is_dir():
             return self

@@ -197,21 +197,24 @@ class Stats:
         if not isinstance(summary, dict) or summary.get("format") != FORMAT or \
                 summary.get("format_version") != FORMAT_VERSION:
             raise DataError(f"{js}: not calib statistics version {FORMAT_VERSION}")
-        meta = {k: v for k, v in summary.items() if k not in ("neighbours", "matrices")}
-        out = cls(meta)
-        for name, info in summary["matrices"].items():
-            space, norm, mode = name.split("/")
-            key = f"matrix__{space}__{norm}__{mode}__"
-            out.matrices[(space, norm, mode)] = ClassPairStats(
-                mode, arrays[key + "count"], arrays[key + "mean"], arrays[key + "std"], arrays[key + "min"],
-                arrays[key + "max"], tuple(info["levels"]), arrays[key + "quantiles"],
-                info["quantile_resolution"], info["n_per_class"], info["seed"])
-        for name in summary["neighbours"]:
-            space, norm, pair = name.split("/")
-            key = f"pair__{space}__{norm}__{pair}__"
-            nn = SameDiff(*(arrays[key + f] for f in ("d_same", "i_same", "d_diff", "i_diff")))
-            out.pairs[(space, norm, pair)] = PairStats(arrays[key + "query_labels"], arrays[key + "query_indices"],
-                                                       arrays[key + "reference_indices"], nn)
+        try:
+            meta = {k: v for k, v in summary.items() if k not in ("neighbours", "matrices")}
+            out = cls(meta)
+            for name, info in summary["matrices"].items():
+                space, norm, mode = name.split("/")
+                key = f"matrix__{space}__{norm}__{mode}__"
+                out.matrices[(space, norm, mode)] = ClassPairStats(
+                    mode, arrays[key + "count"], arrays[key + "mean"], arrays[key + "std"], arrays[key + "min"],
+                    arrays[key + "max"], tuple(info["levels"]), arrays[key + "quantiles"],
+                    info["quantile_resolution"], info["n_per_class"], info["seed"])
+            for name in summary["neighbours"]:
+                space, norm, pair = name.split("/")
+                key = f"pair__{space}__{norm}__{pair}__"
+                nn = SameDiff(*(arrays[key + f] for f in ("d_same", "i_same", "d_diff", "i_diff")))
+                out.pairs[(space, norm, pair)] = PairStats(arrays[key + "query_labels"], arrays[key + "query_indices"],
+                                                           arrays[key + "reference_indices"], nn)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"{js}: not calib statistics (malformed: {type(exc).__name__} {exc})") from exc
         return out
 
 
