@@ -147,7 +147,7 @@ def train_embedding_cmd(dataset: str = DatasetOpt, data_dir: Optional[Path] = Da
 
 #: ``calib run`` flags that are RunConfig fields of the same name
 RUN_FLAGS = ("dataset", "data_dir", "download", "out", "name", "seed", "device", "q", "s", "rule", "classifier",
-             "classifier_weights", "semantic_bound")
+             "classifier_weights", "semantic_bound", "semantic_rule")
 
 
 def _run_flags(ctx: typer.Context) -> dict[str, Any]:
@@ -204,6 +204,10 @@ def run(ctx: typer.Context,
                                                      "robustness radius the final budget uses: empirical (attack, "
                                                      "an upper estimate; default) or certified (a guaranteed "
                                                      "lower bound; lipschitz judge)."),
+        semantic_rule: Optional[str] = typer.Option(None, "--semantic-rule", help="Which radius the semantic budget "
+                                                    "is: invariance (default: how far x moves toward an image of "
+                                                    "another class before the judge sees that class) or adversarial "
+                                                    "(the judge's worst-case robustness radius)."),
         human: Optional[list[Path]] = typer.Option(None, "--human", help="A human-labelled set (calib .npz, Tramèr "
                                                    "et al. layout .npy, or a folder of them; repeatable): its "
                                                    "source images stay in the test part and every judge is "
@@ -435,6 +439,8 @@ def budgets(run_dir: Path = typer.Option(..., "--run", help="A run folder with s
                                                 "lipschitz or ensemble."),
             semantic_bound: Optional[str] = typer.Option(None, "--semantic-bound", help="empirical (attack: upper "
                                                          "estimate) or certified (guaranteed lower bound)."),
+            semantic_rule: Optional[str] = typer.Option(None, "--semantic-rule", help="invariance or adversarial "
+                                                        "(default: the run's)."),
             semantic_norms: str = typer.Option("linf,l2", "--semantic-norms"),
             semantic_iters: int = typer.Option(8, "--semantic-iters", min=0, help="Bisection probes per point."),
             semantic_steps: int = typer.Option(10, "--semantic-steps", min=1, help="PGD steps per probe."),
@@ -453,7 +459,8 @@ def budgets(run_dir: Path = typer.Option(..., "--run", help="A run folder with s
     folder = _open(run_dir, device, data_dir)
     with folder.writing("calib budgets"):
         table, path = compute_budgets(folder, q=q, s=s, rule=rule, pair=pair, judge=judge, geometric=geometric,
-                                      bound=semantic_bound, measure=measure, out=out, progress=not no_progress)
+                                      bound=semantic_bound, semantic_rule=semantic_rule, measure=measure, out=out,
+                                      progress=not no_progress)
     _show(text.eps_table(table), *text.baselines(table), f"written to {path} and {path.with_suffix('.csv')}")
 
 

@@ -114,7 +114,10 @@ def _doc(table):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.pop("version"), "missing version"),
-    (lambda d: d.update(version=4), "version 4 is not supported"),
+    (lambda d: d.update(version=5), "version 5 is not supported"),
+    (lambda d: d.update(version=3), "version 3 is not supported .*95 % interval"),
+    (lambda d: d["budgets"]["input/l2"].pop("interval"), "missing interval"),
+    (lambda d: d["budgets"]["input/l2"]["interval"].__setitem__(0, [5.0, 6.0]), "does not contain its eps"),
     (lambda d: d.update(version=2), "version 2 is not supported .*one string everywhere"),
     (lambda d: d["policy"].update(semantic={"judge": {"name": "knn"}, "bound": "empirical"}),
      "policy.semantic.judge must name the judge"),

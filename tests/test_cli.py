@@ -120,7 +120,7 @@ def test_stats_refuses_embedding_from_another_split(capsys, tmp_path):
 @pytest.mark.parametrize("content, message", [
     ("{oops", "not valid JSON"),
     ('{"schema": "calib-eps-table"}', "missing version"),
-    ('{"schema": "calib-eps-table", "version": 1}', "version 1 is not supported (this calib reads version 3): "
+    ('{"schema": "calib-eps-table", "version": 1}', "version 1 is not supported (this calib reads version 4): "
                                                      "version 2 computes the embedding budget as the 1-NN margin"),
 ])
 def test_table_check_bad_tables(capsys, tmp_path, content, message):

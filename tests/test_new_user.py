@@ -55,7 +55,8 @@ def test_ctrl_c_exits_130_with_one_line(run, capsys, monkeypatch, argv, target):
 def test_ctrl_c_during_a_real_run_then_resume(tmp_path):
     """SIGINT to `calib run` after its first stage: exit 130, one line; the re-run reuses that stage."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "calib", "run", "--out", str(out), "--epochs", "4", "--no-progress"]
+    cmd = [sys.executable, "-m", "calib", "run", "--out", str(out), "--epochs", "4", "--no-attacks", "--no-report",
+           "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / A.manifest("classifier")).exists() and time.time() < deadline and proc.poll() is None:

@@ -27,12 +27,13 @@ def test_run_writes_every_artefact(tiny_run):
                 "report.html", "summary.json", "attacks/pgd-global-linf.npz", "audit/embedding-pgd-linf.json"):
         assert (out / rel).is_file(), rel
     assert not (out / "models" / "embedding2.json").exists()  # the default judge (knn) does not need g2
-    assert set(summary["attacks"]) == {"pgd-global-linf", "pgd-table-linf", "embedding-pgd-linf"}
+    assert set(summary["attacks"]) == {"pgd-global-linf", "pgd-table-linf", "invariance-table-linf",
+                                       "embedding-pgd-linf"}
     assert not any(s["reused"] for s in summary["stages"].values())
     with np.load(out / "attacks" / "pgd-table-linf.npz") as z:
         assert len(z["labels"]) == 80 and np.bincount(z["labels"]).min() >= 7  # stratified subset
     table = json.loads((out / "eps_table.json").read_text())
-    assert table["version"] == 3 and table["policy"]["semantic"]["judge"] == "knn"
+    assert table["version"] == 4 and table["policy"]["semantic"]["judge"] == "knn"
     assert table["policy"]["semantic"]["judge_description"]["name"] == "knn"
     assert table["budgets"]["input/linf"]["components"]["semantic"]["certified"] is None
     audit = json.loads((out / "audit" / "pgd-global-linf.json").read_text())
@@ -305,7 +306,7 @@ def test_code_hash_follows_imports_but_not_type_checking(tmp_path, monkeypatch):
 @pytest.mark.parametrize("module, recomputed", [
     ("calib.stats.pairwise", {"stats", "budgets", "report"}),
     ("calib.audit.perceptibility", {"budgets", "audit-pgd-global-linf", "audit-pgd-table-linf",
-                                    "audit-embedding-pgd-linf", "probe", "report"}),
+                                    "audit-invariance-table-linf", "audit-embedding-pgd-linf", "probe", "report"}),
 ])
 def test_editing_code_recomputes_its_stages_and_what_depends_on_them_only(tiny_run, tmp_path, monkeypatch, module,
                                                                          recomputed):
@@ -364,6 +365,7 @@ def test_the_stage_graph_is_well_formed(digits, digits_splits, tmp_path):
     assert names == ["classifier", "embedding", "embedding2", "lipschitz-embedding", "stats", "semantic-knn",
                      "semantic-classifier", "semantic-lipschitz", "semantic-ensemble", "budgets",
                      "attack-pgd-global-linf", "audit-pgd-global-linf", "attack-pgd-table-linf",
-                     "audit-pgd-table-linf", "attack-embedding-pgd-linf", "audit-embedding-pgd-linf", "probe",
+                     "audit-pgd-table-linf", "attack-invariance-table-linf", "audit-invariance-table-linf",
+                     "attack-embedding-pgd-linf", "audit-embedding-pgd-linf", "probe",
                      "projection", "report"]
     assert not any(p.exists() for p in tmp_path.iterdir())  # declaring the graph writes nothing

@@ -72,8 +72,12 @@ def test_semantic_budget_is_the_class_quantile(setup, digits_splits):
     y = digits_splits.calibration.labels
     r = radii[("knn", "linf")]
     sb = semantic_budget(r, y, 10, q=0.1, s=0.5)
-    for c in range(10):
-        assert sb.empirical[c] == pytest.approx(0.5 * np.quantile(r.empirical[y == c], 0.1))
+    for c in range(10):  # over the points the judge gets right
+        right = r.empirical[(y == c) & ~r.clean_wrong]
+        assert sb.empirical[c] == pytest.approx(0.5 * np.quantile(right, 0.1))
+        assert sb.n_correct[c] == right.size and sb.clean_error[c] == pytest.approx(1 - right.size / (y == c).sum())
+        lo, hi = sb.empirical_interval[c]
+        assert lo <= sb.empirical[c] <= hi
     assert sb.certified is None
 
 
@@ -97,8 +101,8 @@ def test_final_table_brackets_and_bounds(setup, digits_splits):
     stats, geo, judges, radii = setup
     for name, bound in (("knn", "empirical"), ("lipschitz", "empirical"), ("lipschitz", "certified")):
         rr = {n: radii[(name, n)] for n in ("linf", "l2")}
-        fin = final_table(geo, stats, rr, judges[name].describe(), bound=bound)
-        assert fin.policy["method"] == "final" and fin.semantic_judge == name
+        fin = final_table(geo, stats, rr, judges[name].describe(), bound=bound, rule="adversarial")
+        assert fin.policy["method"] == "final" and fin.semantic_judge == name and fin.semantic_rule == "adversarial"
         for norm in ("linf", "l2"):
             b = fin.budgets[f"input/{norm}"]
             sem = b["components"]["semantic"]
@@ -118,9 +122,13 @@ def test_final_table_brackets_and_bounds(setup, digits_splits):
                 assert b["coverage"][c] == pytest.approx(ok[ps.query_labels == c].mean())
         assert fin.to_dict()["budgets"]["embedding/l2"] == geo.to_dict()["budgets"]["embedding/l2"]
     with pytest.raises(ConfigError, match="no certificate"):
-        final_table(geo, stats, {"linf": radii[("knn", "linf")]}, judges["knn"].describe(), bound="certified")
+        final_table(geo, stats, {"linf": radii[("knn", "linf")]}, judges["knn"].describe(), bound="certified",
+                    rule="adversarial")
+    with pytest.raises(ConfigError, match="no invariance radii"):
+        final_table(geo, stats, {"linf": radii[("knn", "linf")]}, judges["knn"].describe())
     # a table whose certified bracket exceeds its empirical one is refused on load
-    fin = final_table(geo, stats, {"linf": radii[("lipschitz", "linf")]}, judges["lipschitz"].describe())
+    fin = final_table(geo, stats, {"linf": radii[("lipschitz", "linf")]}, judges["lipschitz"].describe(),
+                      rule="adversarial")
     doc = fin.to_dict()
     sem = doc["budgets"]["input/linf"]["components"]["semantic"]
     sem["certified"][0] = (sem["empirical"][0] or 0) + 1.0

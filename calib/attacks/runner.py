@@ -20,7 +20,7 @@ from calib.errors import ConfigError
 from calib.io import write_json, write_npz
 from calib.progress import progress
 
-ATTACKS = ("fgsm", "pgd", "embedding-pgd", "shift")
+ATTACKS = ("fgsm", "pgd", "embedding-pgd", "shift", "invariance")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class AttackSpec:
 
     Attributes:
         attack: ``fgsm``, ``pgd`` (classifier), ``embedding-pgd`` (classifier, embedding-ball
-            projection) or ``shift`` (embedding-shift PGD).
+            projection), ``shift`` (embedding-shift PGD) or ``invariance`` (toward the least-ink image of
+            another class, :mod:`calib.budgets.invariance`; needs the run's training part).
         norm: input norm (``linf``/``l2``); for ``embedding-pgd`` the norm of the optional ``cap``.
         eps: a global budget (input radius, or the embedding radius for ``embedding-pgd``), or
             ``None`` to take per-class budgets from the table.
@@ -80,6 +81,9 @@ def run_attack(spec: AttackSpec, classifier: nn.Module, embedding: nn.Module | N
     distances, predictions) and a JSON-ready ``summary`` with per-class rates."""
     if spec.eps is None and table is None:
         raise ConfigError("give a global --eps or an eps table")
+    if spec.attack == "invariance":
+        raise ConfigError("the invariance attack moves toward reference images: run it through a run folder "
+                          "(calib run; calib.pipeline.stages.attacks)")
     if spec.attack in ("embedding-pgd", "shift") and embedding is None:
         raise ConfigError(f"attack {spec.attack!r} needs the embedding model")
     n = len(labels)

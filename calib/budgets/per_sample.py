@@ -42,14 +42,15 @@ class PerSampleError(CalibError):
 
 def per_sample_arrays(stats: Any, policy: Policy, pair: str, radii: dict[str, Any] | None = None,
                       bound: str = "empirical", test_pair: str | None = "test-train",
-                      class_semantic: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                      class_semantic: dict[str, np.ndarray] | None = None,
+                      rule: str = "adversarial") -> dict[str, np.ndarray]:
     """The arrays of the per-sample file: the query points of ``pair`` (the calibration points) and, when
     ``stats`` has it, of ``test_pair``, whose final budget takes the per-class semantic budget
     ``class_semantic[norm]`` (K,) as its cap (see the module docstring)."""
-    out = _block(stats, policy, pair, radii, bound, None)
+    out = _block(stats, policy, pair, radii, bound, None, rule)
     out["part"] = np.zeros(len(out["indices"]), np.int8)
     if test_pair and test_pair != pair and any(p == test_pair for (_, _, p) in stats.pairs):
-        test = _block(stats, policy, test_pair, None, bound, class_semantic or {})
+        test = _block(stats, policy, test_pair, None, bound, class_semantic or {}, rule)
         for key in set(out) - {"part"} - set(test):
             if not key.startswith("semantic_"):
                 raise PerSampleError(f"the {test_pair} statistics do not cover the spaces and norms of {pair}")
@@ -60,7 +61,7 @@ def per_sample_arrays(stats: Any, policy: Policy, pair: str, radii: dict[str, An
 
 
 def _block(stats: Any, policy: Policy, pair: str, radii: dict[str, Any] | None, bound: str,
-           class_semantic: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+           class_semantic: dict[str, np.ndarray] | None, rule: str = "adversarial") -> dict[str, np.ndarray]:
     k = len(stats.class_names)
     out: dict[str, np.ndarray] = {}
     for (space, norm, p), ps in sorted(stats.pairs.items()):
@@ -78,10 +79,10 @@ def _block(stats: Any, policy: Policy, pair: str, radii: dict[str, Any] | None, 
         final = geo
         r = (radii or {}).get(norm)
         if r is not None:
-            out[f"semantic_empirical_{norm}"] = policy.s * r.empirical
+            out[f"semantic_empirical_{norm}"] = policy.s * r.upper(rule)
             if r.certified is not None:
                 out[f"semantic_certified_{norm}"] = policy.s * r.certified
-            sem = r.certified if bound == "certified" else r.empirical
+            sem = r.certified if bound == "certified" else r.upper(rule)
             final = np.minimum(geo, policy.s * sem)
         elif class_semantic is not None and norm in class_semantic:  # test points: the class's budget caps
             cap = np.asarray(class_semantic[norm], float)[ps.query_labels]

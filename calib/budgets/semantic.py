@@ -104,6 +104,43 @@ class Radii:
     witnesses: np.ndarray
     checked: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    invariance: np.ndarray | None = None
+    invariance_target: np.ndarray | None = None
+    invariance_witnesses: np.ndarray | None = None
+
+    def upper(self, rule: str = "adversarial") -> np.ndarray:
+        """The upper estimate the semantic budget uses: the adversarial radius (``empirical``) or the
+        invariance radius (:mod:`calib.budgets.invariance`)."""
+        if rule == "adversarial":
+            return self.empirical
+        if rule == "invariance":
+            if self.invariance is None:
+                raise ConfigError("these radii have no invariance radii; measure them again (calib run)")
+            return self.invariance
+        raise ConfigError(f"unknown semantic rule {rule!r}; choose invariance or adversarial")
+
+
+def merge_invariance(radii: Radii, inv: Any, cert_tol: float = CERT_TOL) -> Radii:
+    """Add invariance radii to adversarial ones. The true radii satisfy r_adv <= r_inv, so an invariance
+    witness closer than the attack's best is a tighter adversarial witness and replaces it (how often:
+    ``info["invariance_tightened"]``, a measure of how loose the attack is). A certified radius above
+    any witness, invariance witnesses included, is a bug: :class:`ConstraintViolation`."""
+    emp = radii.empirical.copy()
+    wit = radii.witnesses.copy()
+    closer = np.isfinite(inv.radius) & (inv.radius < emp) & ~radii.clean_wrong
+    emp[closer] = inv.radius[closer]
+    if wit.size:
+        wit[closer] = inv.witnesses[closer]
+    if radii.certified is not None:
+        has = np.isfinite(inv.radius) & ~inv.clean_wrong
+        below = inv.radius[has] < radii.certified[has] * (1 - cert_tol) - 1e-9
+        if below.any():
+            i = int(np.flatnonzero(below)[0])
+            raise ConstraintViolation(f"certificate violated: an invariance witness at {radii.norm} radius "
+                                      f"{inv.radius[has][i]:.6g} < certified {radii.certified[has][i]:.6g}")
+    info = {**radii.info, "invariance": inv.info, "invariance_tightened": int(closer.sum())}
+    return Radii(radii.norm, emp, radii.certified, radii.clean_wrong, wit, radii.checked, info, inv.radius,
+                 inv.target_class, inv.witnesses)
 
 
 def robustness_radii(judge: Judge, x: np.ndarray, y: np.ndarray, norm: str, *, iters: int = 8, steps: int = 10,
@@ -210,14 +247,20 @@ def _check_certificate(judge: Judge, x: torch.Tensor, y: torch.Tensor, witnesses
 
 
 def class_quantile(values: np.ndarray, labels: np.ndarray, num_classes: int, q: float, s: float = 1.0,
-                   method: str = "linear") -> np.ndarray:
-    """``s * Q_q{ values : y=c }`` per class (K,); ``inf`` where the quantile falls among points with
-    an infinite value (no change found)."""
+                   method: str = "linear", mask: np.ndarray | None = None) -> np.ndarray:
+    """``s * Q_q{ values : y=c }`` per class (K,) over the points of ``mask`` (default all); ``inf`` where
+    the quantile falls among points with an infinite value (no change found); 0 for a class with no
+    point in ``mask`` (nothing is known there, so nothing is allowed)."""
     out = np.empty(num_classes)
+    labels = np.asarray(labels)
+    keep = np.ones(len(labels), bool) if mask is None else np.asarray(mask, bool)
     for c in range(num_classes):
-        v = np.asarray(values, np.float64)[labels == c]
-        if v.size == 0:
+        if not (labels == c).any():
             raise ConfigError(f"class {c} has no calibration points")
+        v = np.asarray(values, np.float64)[keep & (labels == c)]
+        if v.size == 0:
+            out[c] = 0.0
+            continue
         qv = np.quantile(np.where(np.isinf(v), _SENTINEL, v), q, method=method)  # inf - inf would give NaN
         out[c] = np.inf if qv >= _SENTINEL / 2 else s * qv
     return out
@@ -226,27 +269,43 @@ def class_quantile(values: np.ndarray, labels: np.ndarray, num_classes: int, q: 
 @dataclass
 class SemanticBudget:
     """Per class (K,) for one judge and norm: the budget under each bound (``certified`` None
-    without a certificate; ``inf`` = no change found), and class sizes."""
+    without a certificate; ``inf`` = no change found) with their 95 % intervals (K, 2), the class
+    sizes, the judge-correct points the quantiles are taken over, and the judge's clean error."""
 
     empirical: np.ndarray
     certified: np.ndarray | None
     n: np.ndarray
+    empirical_interval: np.ndarray | None = None
+    certified_interval: np.ndarray | None = None
+    n_correct: np.ndarray | None = None
+    clean_error: np.ndarray | None = None
+    rule: str = "adversarial"
 
 
 def semantic_budget(radii: Radii, labels: np.ndarray, num_classes: int, q: float = 0.05, s: float = 1.0,
-                    method: str = "linear") -> SemanticBudget:
-    """``eps_sem(c) = s * Q_q{ r(x) : y=c }`` for the empirical and (if present) certified radii."""
+                    method: str = "linear", rule: str = "adversarial", alpha: float = 0.05) -> SemanticBudget:
+    """``eps_sem(c) = s * Q_q{ r(x) : y=c, the judge right on x }`` for the upper estimate of ``rule``
+    (adversarial or invariance radius) and, if present, the certified radius; each with its
+    distribution-free interval (:mod:`calib.budgets.intervals`, level ``1 - alpha``)."""
+    from calib.budgets.intervals import class_intervals
+
     if not 0 <= q < 1:
         raise ConfigError(f"q must be in [0, 1); got {q}")
     labels = np.asarray(labels, np.int64)
-    emp = class_quantile(radii.empirical, labels, num_classes, q, s, method)
-    cert = None if radii.certified is None else class_quantile(radii.certified, labels, num_classes, q, s, method)
+    right = ~np.asarray(radii.clean_wrong, bool)
+    upper = radii.upper(rule)
+    emp = class_quantile(upper, labels, num_classes, q, s, method, mask=right)
+    cert = None if radii.certified is None else class_quantile(radii.certified, labels, num_classes, q, s, method,
+                                                               mask=right)
     if cert is not None and (cert > emp + 1e-12).any():
         raise ConstraintViolation(f"certified semantic budget above the empirical one for classes "
                                   f"{np.flatnonzero(cert > emp + 1e-12).tolist()}")
-    return SemanticBudget(emp, cert, np.bincount(labels, minlength=num_classes))
-
-
+    n = np.bincount(labels, minlength=num_classes)
+    n_right = np.bincount(labels[right], minlength=num_classes)
+    return SemanticBudget(emp, cert, n, class_intervals(upper, labels, num_classes, q, s, alpha, right),
+                          None if radii.certified is None else
+                          class_intervals(radii.certified, labels, num_classes, q, s, alpha, right),
+                          n_right, 1.0 - n_right / np.maximum(n, 1), rule)
 
 
 def save_radii(folder: str | os.PathLike[str], name: str, radii: dict[str, Radii], indices: np.ndarray,
@@ -264,6 +323,11 @@ def save_radii(folder: str | os.PathLike[str], name: str, radii: dict[str, Radii
             arrays[f"certified_{norm}"] = r.certified
         if witnesses:
             arrays[f"witness_{norm}"] = r.witnesses
+        if r.invariance is not None:
+            arrays[f"invariance_{norm}"] = r.invariance
+            arrays[f"invariance_target_{norm}"] = r.invariance_target
+            if witnesses:
+                arrays[f"invariance_witness_{norm}"] = r.invariance_witnesses
         info[norm] = {**r.info, "certificate_checked": r.checked, "certified": r.certified is not None}
     write_npz(folder / f"{name}.npz", arrays)
     write_json(folder / f"{name}.json", to_jsonable({"judge": judge, "norms": info}))
@@ -285,9 +349,10 @@ def load_radii(folder: str | os.PathLike[str], name: str) -> tuple[dict[str, Rad
         out[norm] = Radii(norm, arrays[f"empirical_{norm}"], arrays.get(f"certified_{norm}"),
                           arrays[f"clean_wrong_{norm}"],
                           arrays.get(f"witness_{norm}", np.empty((0,), np.float32)),
-                          int(info.get("certificate_checked", 0)), info)
+                          int(info.get("certificate_checked", 0)), info, arrays.get(f"invariance_{norm}"),
+                          arrays.get(f"invariance_target_{norm}"), arrays.get(f"invariance_witness_{norm}"))
     return out, doc, arrays["indices"], arrays["labels"]
 
 
-__all__ = ["JudgeObjective", "Radii", "robustness_radii", "SemanticBudget", "semantic_budget", "class_quantile",
+__all__ = ["JudgeObjective", "Radii", "merge_invariance", "robustness_radii", "SemanticBudget", "semantic_budget", "class_quantile",
            "max_radius_of", "save_radii", "load_radii"]

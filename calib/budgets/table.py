@@ -1,22 +1,26 @@
 """The epsilon table: versioned JSON (and a flat CSV view) that other attack code imports.
 
-JSON document (``schema = "calib-eps-table"``, ``version = 3``)::
+JSON document (``schema = "calib-eps-table"``, ``version = 4``)::
 
     {
-      "schema": "calib-eps-table", "version": 3,
+      "schema": "calib-eps-table", "version": 4,
       "dataset": {"name": "mnist", "fingerprint": "<sha256 of the whole dataset>",
                   "class_names": ["0", ..., "9"], "image_shape": [1, 28, 28], "value_range": [0, 1]},
       "policy": {"method": "final", "q": 0.05, "s": 1.0, "quantile_method": "linear",
                  "pair": "calibration-train",
                  "semantic": {"judge": "knn", "judge_description": {"name": "knn", "kind": "knn", ...},
-                              "bound": "empirical", ...}},
+                              "bound": "empirical", "rule": "invariance", ...}},
       "budgets": {                       # key: "<space>/<norm>", space in input|embedding,
         "input/linf": {                  # norm in linf|l2|l1; lists are indexed by class label
           "eps": [...], "coverage": [...], "n": [...], "rule": "min(geometric, semantic)",
-          "components": {"geometric": [...], "half_d_diff_q": [...], "d_same_q": [...],
-                         "semantic": {"judge": "knn", "bound": "empirical",
+          "interval": [[lo, hi], ...],    # 95 % distribution-free, per class; hi null = unbounded
+          "components": {"geometric": [...], "geometric_interval": [...], "half_d_diff_q": [...],
+                         "half_d_diff_q_interval": [...], "d_same_q": [...], "d_same_q_interval": [...],
+                         "semantic": {"judge": "knn", "bound": "empirical", "rule": "invariance",
                                       "empirical": [...],    # upper bound; null = no change found
-                                      "certified": [...] | null}},  # lower bound, if certified
+                                      "empirical_interval": [...],
+                                      "certified": [...] | null,   # lower bound, if certified
+                                      "clean_errors": [...], "judge_correct": [...]}},
           "human": {"sets": [...], "n": [...], "relabelled": [...], "share": [...],   # optional: people
                     "wilson95": [[lo, hi], ...], "status": ["human-verified" | "not verified" |
                     "unlabelled", ...], "judge": "knn", "judge_agreement": {...} | null}
@@ -56,18 +60,21 @@ from calib.errors import CalibError
 from calib.io import atomic_open, read_json, read_text, to_jsonable, write_json
 
 SCHEMA = "calib-eps-table"
-VERSION = 3
+VERSION = 4
 #: what changed since each older version, for the one-line refusal
 CHANGES = {1: "version 2 computes the embedding budget as the 1-NN margin s*Q_q{(d_diff_g - d_same_g)/2} "
               "(version 1 used min(Q_q{d_diff_g/2}, Q_q{d_same_g})) and records semantic budgets as "
               "[certified, empirical] brackets of a named judge; recompute it with `calib run` or `calib budgets`",
            2: "version 3 names the semantic judge by one string everywhere (policy.semantic.judge; version 2 "
               "stored a dict there, now policy.semantic.judge_description); recompute it with `calib run` (cached "
-              "stages are reused) or `calib budgets`"}
+              "stages are reused) or `calib budgets`",
+           3: "version 4 gives every per-class budget a 95 % interval and takes semantic budgets over the points "
+              "the judge gets right, by default from invariance radii (policy.semantic.rule); recompute it with "
+              "`calib run`"}
 TABLE_SPACES = ("input", "embedding")
 TABLE_NORMS = ("linf", "l2", "l1")
 CSV_FIELDS = ("dataset", "dataset_fingerprint", "class", "class_name", "space", "norm", "method", "q", "s",
-              "eps", "coverage", "n")
+              "eps", "eps_lo", "eps_hi", "coverage", "n")
 
 
 class EpsTableError(CalibError):
@@ -84,6 +91,8 @@ class SemanticBracket:
     bound: str
     empirical: tuple[float | None, ...]
     certified: tuple[float, ...] | None
+    rule: str = "adversarial"
+    empirical_interval: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ class BudgetColumn:
     components: dict[str, Any]
     semantic: SemanticBracket | None
     human: dict[str, Any] | None
+    interval: np.ndarray | None = None  # (K, 2) 95 % interval; inf = no finite upper end
 
     @property
     def key(self) -> str:
@@ -145,9 +155,11 @@ class EpsTable:
         sem = comp.get("semantic")
         bracket = None if sem is None else SemanticBracket(
             sem["judge"], sem["bound"], tuple(sem["empirical"]),
-            None if sem.get("certified") is None else tuple(sem["certified"]))
+            None if sem.get("certified") is None else tuple(sem["certified"]), sem.get("rule", "adversarial"),
+            _intervals(sem.get("empirical_interval")))
         return BudgetColumn(space, nrm, np.asarray(b["eps"], np.float64), np.asarray(b["coverage"], np.float64),
-                      np.asarray(b["n"], np.int64), str(b.get("rule", "")), comp, bracket, b.get("human"))
+                            np.asarray(b["n"], np.int64), str(b.get("rule", "")), comp, bracket, b.get("human"),
+                            _intervals(b.get("interval")))
 
     @property
     def method(self) -> str:
@@ -171,6 +183,12 @@ class EpsTable:
         """The judge whose radii set the semantic budgets (``None`` for a geometric table)."""
         sem = self.policy.get("semantic")
         return None if not sem else sem["judge"]
+
+    @property
+    def semantic_rule(self) -> str | None:
+        """``invariance`` or ``adversarial``: which radius the semantic budgets are (``None``: geometric)."""
+        sem = self.policy.get("semantic")
+        return None if not sem else sem.get("rule", "adversarial")
 
     @property
     def semantic_bound(self) -> str | None:
@@ -257,7 +275,7 @@ class EpsTable:
     # ---- CSV -------------------------------------------------------------------------------------
     def to_csv(self, path: str | os.PathLike[str]) -> None:
         rest = {k: v for k, v in self.to_dict().items() if k != "budgets"}
-        rest["budget_extras"] = {k: {f: v for f, v in b.items() if f not in ("eps", "coverage", "n")}
+        rest["budget_extras"] = {k: {f: v for f, v in b.items() if f not in ("eps", "coverage", "n", "interval")}
                                  for k, b in self.budgets.items()}
         buf = io.StringIO()
         buf.write("# " + json.dumps(rest, sort_keys=True, allow_nan=False) + "\n")
@@ -265,10 +283,13 @@ class EpsTable:
         w.writerow(CSV_FIELDS)
         for key, b in self.budgets.items():
             space, norm = key.split("/")
+            iv = b.get("interval") or [[None, None]] * len(self.class_names)
             for c, name in enumerate(self.class_names):
+                lo, hi = iv[c]
                 w.writerow([self.dataset["name"], self.fingerprint, c, name, space, norm,
                             self.policy.get("method", ""), self.policy.get("q", ""), self.policy.get("s", ""),
-                            repr(float(b["eps"][c])), repr(float(b["coverage"][c])), int(b["n"][c])])
+                            repr(float(b["eps"][c])), "" if lo is None else repr(float(lo)),
+                            "inf" if hi is None else repr(float(hi)), repr(float(b["coverage"][c])), int(b["n"][c])])
         with atomic_open(path, "w") as fh:
             fh.write(buf.getvalue())
 
@@ -289,11 +310,13 @@ class EpsTable:
             for row in rows:
                 key = f"{row['space']}/{row['norm']}"
                 b = budgets.setdefault(key, {"eps": [None] * k, "coverage": [None] * k, "n": [None] * k,
-                                             **doc.get("budget_extras", {}).get(key, {})})
+                                             "interval": [None] * k, **doc.get("budget_extras", {}).get(key, {})})
                 c = int(row["class"])
                 if not 0 <= c < k:
                     raise ValueError(f"class {c} outside the {k} classes")
                 b["eps"][c], b["coverage"][c], b["n"][c] = float(row["eps"]), float(row["coverage"]), int(row["n"])
+                hi = float(row["eps_hi"])
+                b["interval"][c] = [float(row["eps_lo"]), None if math.isinf(hi) else hi]
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
             raise EpsTableError(f"{path}: malformed eps table CSV ({exc})") from exc
         doc.pop("budget_extras", None)
@@ -356,6 +379,9 @@ def validate(doc: Any, where: str = "eps table") -> None:
         for c, v in enumerate(b["eps"]):
             if not _nonneg(v):
                 fail(f"{key}: eps for class {names[c]!r} is {v!r}; it must be a finite number >= 0")
+        if "interval" not in b:
+            fail(f"{key}: missing interval (a 95 % interval per class)")
+        _validate_interval(b["interval"], b["eps"], f"{key}: interval", names, fail)
         sem = (b.get("components") or {}).get("semantic") if isinstance(b.get("components"), dict) else None
         if sem is not None:
             _validate_semantic(sem, key, names, fail)
@@ -382,6 +408,26 @@ def _validate_human(h: Any, key: str, names: list[str], fail) -> None:
             fail(f"{key}: human counts for class {names[c]!r} must be integers with 0 <= relabelled <= n")
         if h["status"][c] not in HUMAN_STATUS:
             fail(f"{key}: human.status for class {names[c]!r} must be one of {', '.join(HUMAN_STATUS)}")
+
+def _validate_interval(iv: Any, eps: list[Any], where: str, names: list[str], fail) -> None:
+    """One [lo, hi] per class with 0 <= lo <= eps <= hi (hi null: no finite upper end)."""
+    if not isinstance(iv, list) or len(iv) != len(names):
+        fail(f"{where} must hold one [lo, hi] per class")
+    for c, pair in enumerate(iv):
+        if not (isinstance(pair, list) and len(pair) == 2 and _nonneg(pair[0]) and (pair[1] is None or _nonneg(pair[1]))):
+            fail(f"{where} for class {names[c]!r} must be [lo, hi] with numbers >= 0 (hi may be null); got {pair!r}")
+        lo, hi = pair
+        e = eps[c] if c < len(eps) else None
+        if _nonneg(e) and (lo > e * (1 + 1e-9) + 1e-12 or (hi is not None and hi < e * (1 - 1e-9) - 1e-12)):
+            fail(f"{where} [{lo!r}, {hi!r}] for class {names[c]!r} does not contain its eps {e!r}")
+
+
+def _intervals(iv: Any) -> np.ndarray | None:
+    """(K, 2) float array from a JSON interval list (null upper ends -> inf)."""
+    if iv is None:
+        return None
+    return np.array([[lo, np.inf if hi is None else hi] for lo, hi in iv], np.float64)
+
 
 def _nonneg(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0

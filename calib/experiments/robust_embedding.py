@@ -48,7 +48,8 @@ def robust_embedding(ctx: StageContext, *, run: dict[str, Any] | None = None,
     """Train g_r, measure both embeddings as nearest-class judges; saves ``experiments/robust-embedding.*``.
     ``run``: the run's options (default: as the folder recorded them)."""
     from calib.budgets import Policy
-    from calib.budgets.semantic import robustness_radii, semantic_budget
+    from calib.budgets.invariance import invariance_radii, nearest_targets
+    from calib.budgets.semantic import merge_invariance, robustness_radii, semantic_budget
     from calib.judges import KnnJudge
     from calib.perturb.objectives import EmbeddingShift
     from calib.perturb.pgd import pgd
@@ -69,6 +70,8 @@ def robust_embedding(ctx: StageContext, *, run: dict[str, Any] | None = None,
     models = {"plain": ctx.model("embedding"), "robust": trained.model.eval()}
     names = list(ctx.dataset.class_names)
     cal, tr = ctx.splits.calibration, ctx.splits.train
+    rule = run.get("semantic_rule", "invariance")
+    targets = nearest_targets(cal.images, cal.labels, tr.images, tr.labels, ctx.dataset.num_classes)
     out: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {"labels": cal.labels}
     for mname, g in models.items():
@@ -96,7 +99,10 @@ def robust_embedding(ctx: StageContext, *, run: dict[str, Any] | None = None,
             radii = robustness_radii(judge, cal.images, cal.labels, sn, iters=int(sem_cfg["iters"]),
                                      steps=int(sem_cfg["steps"]), restarts=int(sem_cfg.get("restarts", 1)),
                                      seed=ctx.seed, device=ctx.device, show_progress=progress)
-            sem = semantic_budget(radii, cal.labels, ctx.dataset.num_classes, policy.q, policy.s)
+            inv = invariance_radii(judge, cal.images, cal.labels, tr.images, targets, sn,
+                                   iters=int(sem_cfg.get("invariance_iters", 8)), device=ctx.device)
+            radii = merge_invariance(radii, inv)  # measured as the run measures its judge
+            sem = semantic_budget(radii, cal.labels, ctx.dataset.num_classes, policy.q, policy.s, rule=rule)
             row[f"semantic_{sn}"] = sem.empirical.tolist()
             row[f"geometric_{sn}"] = hi.tolist()
             arrays[f"{mname}__radius_{sn}"] = radii.empirical
@@ -104,7 +110,7 @@ def robust_embedding(ctx: StageContext, *, run: dict[str, Any] | None = None,
         log.info("%s embedding: semantic %s", mname, {sn: np.round(row[f"semantic_{sn}"], 4).tolist()
                                                        for sn in semantic_norms})
     summary = {"mix": mix.describe(), "epochs": epochs, "embeddings": out, "semantic": dict(sem_cfg),
-               "semantic_norms": list(semantic_norms), "judge_k": k,
+               "semantic_norms": list(semantic_norms), "judge_k": k, "semantic_rule": rule,
                "policy": {"q": policy.q, "s": policy.s, "rule": policy.rule},
                "robust_weights_sha256": trained.weights_sha256, "seconds": time.perf_counter() - t0,
                "provenance": ctx.provenance()}

@@ -53,7 +53,7 @@ def transferability(ctx: StageContext, *, run: dict[str, Any] | None = None,
     names = list(ctx.dataset.class_names)
     acfg = AttackConfig(steps=steps)
     results, arrays = {}, {"labels": y, "indices": test.indices[sel], "f1_correct": ok1, "f2_correct": ok2}
-    for item in attack_plan(acfg):
+    for item in [i for i in attack_plan(acfg) if i["spec"].attack != "invariance"]:  # (needs the run folder)
         spec = dataclasses.replace(item["spec"], seed=seed)
         emb = ctx.model("embedding") if spec.attack == "embedding-pgd" else None
         res = run_attack(spec, f1, emb, x, y, table=ctx.table() if spec.eps is None else None, device=ctx.device,

@@ -1,7 +1,9 @@
 """A labelling session: the experimenter's own relabelling of a run's adversarial examples.
 
 A session shows, in a seeded shuffled order, a stratified sample of the adversarial examples a run
-made at its per-class budgets (the ``pgd-table-<norm>`` attack by default) mixed with about 10 %
+made at its per-class budgets (by default half from ``pgd-table-<norm>``, half from
+``invariance-table-<norm>``: moved toward an image of another class, the direction the semantic
+budget was computed in; ``item_attack`` in the plan says which) mixed with about 10 %
 clean controls (the unperturbed source images: an attention check, and the specificity of the
 judges). Every answer (a class, or -1 = unclear) is saved at once, atomically, to
 ``RUN/human/<session>.npz`` in calib's human-labelled layout (:mod:`calib.human.sets`) with the extra
@@ -130,33 +132,47 @@ def open_session(run: RunFolder, name: str, *, attack: str | None = None, n: int
                        str(p["attack"]), str(p["norm"]) or None, names)
     have = run.names(A.ATTACKS)
     norms = [a.rsplit("-", 1)[-1] for a in have if a.startswith("pgd-table-")]
-    attack = attack or (f"pgd-table-{norms[0]}" if norms else "")
-    path = run.file(A.attack(attack)[0]) if attack else None
-    if not attack or not path.exists():
-        have = ", ".join(have) or "none"
-        raise ConfigError(f"the run has no attack {attack or 'at the per-class budgets'!r} to label (it has: {have})")
-    with np.load(path, allow_pickle=False) as z:
-        a = {k: z[k] for k in ("x", "x_adv", "labels", "indices") if k in z.files}
-    if "x" not in a or "indices" not in a:
-        raise DataError(f"{path}: no clean images or indices saved with the attack")
+    if attack is None and norms:  # both directions at the per-class budgets: PGD and toward another class
+        attacks = [f"{kind}-table-{norms[0]}" for kind in ("pgd", "invariance") if f"{kind}-table-{norms[0]}" in have]
+    else:
+        attacks = [attack] if attack else []
+    missing = [a for a in attacks if not run.exists(A.attack(a)[0])]
+    if not attacks or missing:
+        raise ConfigError(f"the run has no attack {(missing or [attack or 'at the per-class budgets'])[0]!r} to label "
+                          f"(it has: {', '.join(have) or 'none'})")
     rng = np.random.default_rng([seed, 11])
-    adv = _stratified(a["labels"], n, rng)
-    n_ctrl = min(len(a["labels"]), max(1, round(controls * len(adv) / (1 - controls)))) if controls else 0
-    ctrl = rng.choice(len(a["labels"]), n_ctrl, replace=False)
-    x = np.concatenate([a["x_adv"][adv], a["x"][ctrl]])
-    src = np.concatenate([a["indices"][adv], a["indices"][ctrl]])
-    lab = np.concatenate([a["labels"][adv], a["labels"][ctrl]])
-    is_ctrl = np.concatenate([np.zeros(len(adv), bool), np.ones(len(ctrl), bool)])
+    xs, srcs, labs, item_attack = [], [], [], []
+    for j, name_j in enumerate(attacks):
+        path = run.file(A.attack(name_j)[0])
+        with np.load(path, allow_pickle=False) as z:
+            a = {k: z[k] for k in ("x", "x_adv", "labels", "indices") if k in z.files}
+        if "x" not in a or "indices" not in a:
+            raise DataError(f"{path}: no clean images or indices saved with the attack")
+        adv = _stratified(a["labels"], max(1, n // len(attacks)), rng)
+        xs.append(a["x_adv"][adv]), srcs.append(a["indices"][adv]), labs.append(a["labels"][adv])
+        item_attack.append(np.full(len(adv), j, np.int64))
+        if j == 0:
+            clean = a
+    n_adv = sum(len(v) for v in labs)
+    n_ctrl = min(len(clean["labels"]), max(1, round(controls * n_adv / (1 - controls)))) if controls else 0
+    ctrl = rng.choice(len(clean["labels"]), n_ctrl, replace=False)
+    x = np.concatenate([*xs, clean["x"][ctrl]])
+    src = np.concatenate([*srcs, clean["indices"][ctrl]])
+    lab = np.concatenate([*labs, clean["labels"][ctrl]])
+    is_ctrl = np.concatenate([np.zeros(n_adv, bool), np.ones(len(ctrl), bool)])
+    from_attack = np.concatenate([*item_attack, np.full(len(ctrl), -1, np.int64)])
     order = rng.permutation(len(x))
-    norm = attack.rsplit("-", 1)[-1] if attack.rsplit("-", 1)[-1] in ("linf", "l2") else ""
+    attack = "+".join(attacks)
+    norm = attacks[0].rsplit("-", 1)[-1] if attacks[0].rsplit("-", 1)[-1] in ("linf", "l2") else ""
     made_at = ""
-    if norm and attack.startswith("pgd-table-"):
+    if norm and all("-table-" in a for a in attacks):
         from calib.human.table import eps_hash
 
         made_at = eps_hash(run.table(), norm)
     p = {"x": x[order].astype(np.float32), "source_index": src[order].astype(np.int64),
          "source_label": lab[order].astype(np.int64), "control": is_ctrl[order], "attack": np.array(attack),
-         "norm": np.array(norm), "seed": np.int64(seed), "eps_hash": np.array(made_at)}
+         "norm": np.array(norm), "seed": np.int64(seed), "eps_hash": np.array(made_at),
+         "attacks": np.array(attacks), "item_attack": from_attack[order]}
     write_npz(plan, p)
     return Session(run, name, p["x"], p["source_index"], p["source_label"], p["control"],
                    np.full(len(x), NOT_ANSWERED, np.int64), attack, norm or None, names)

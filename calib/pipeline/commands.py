@@ -92,8 +92,8 @@ def run_budgets_options(folder: RunFolder) -> budgets_mod.BudgetsOptions:
 
 def compute_budgets(folder: RunFolder, *, q: float | None = None, s: float | None = None, rule: str | None = None,
                     pair: str | None = None, judge: str | None = None, geometric: bool = False,
-                    bound: str | None = None, measure: SemanticConfig | None = None, out: Path | None = None,
-                    progress: bool = True) -> tuple[EpsTable, Path]:
+                    bound: str | None = None, semantic_rule: str | None = None, measure: SemanticConfig | None = None,
+                    out: Path | None = None, progress: bool = True) -> tuple[EpsTable, Path]:
     """``calib budgets``: the run's epsilon table, with the given options replacing the run's own.
 
     ``measure``: first measure the judge's robustness radii with these settings (``semantic/<judge>.*``);
@@ -108,7 +108,7 @@ def compute_budgets(folder: RunFolder, *, q: float | None = None, s: float | Non
     o = budgets_mod.BudgetsOptions(
         Policy(q=base.policy.q if q is None else q, s=base.policy.s if s is None else s,
                rule=base.policy.rule if rule is None else rule),
-        pair or base.pair, judge, bound or base.bound, base.seed)
+        pair or base.pair, judge, bound or base.bound, base.seed, semantic_rule or base.rule)
     ctx = StageContext(folder, StageCache(folder.path), progress=progress)
     if measure is not None:
         if judge is None:
@@ -123,9 +123,9 @@ def compute_budgets(folder: RunFolder, *, q: float | None = None, s: float | Non
         return table, table.save(out)
     if o != base and folder.summary() is not None:
         was = {"q": base.policy.q, "s": base.policy.s, "rule": base.policy.rule, "pair": base.pair, "judge": base.judge,
-               "bound": base.bound}
+               "bound": base.bound, "semantic rule": base.rule}
         now = {"q": o.policy.q, "s": o.policy.s, "rule": o.policy.rule, "pair": o.pair, "judge": o.judge,
-               "bound": o.bound}
+               "bound": o.bound, "semantic rule": o.rule}
         changed = ", ".join(f"{k} {was[k]} -> {now[k]}" for k in was if was[k] != now[k])
         raise ConfigError(f"{folder.file(A.EPS_TABLE)} is the run's own table; these options differ from the run's "
                           f"({changed}): pass --out FILE to write this table elsewhere")

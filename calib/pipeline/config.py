@@ -47,21 +47,28 @@ def default_epochs(n_train: int) -> int:
 
 @dataclass(frozen=True)
 class SemanticConfig:
-    """Semantic budgets: the judge's robustness radius per calibration point (see
-    :mod:`calib.budgets.semantic`) in ``norms``, by per-point bisection (``iters`` probes after a first
-    attack on the whole box), each probe a PGD attack on the judge's margin (``steps``, ``restarts``)."""
+    """Semantic budgets: per calibration point and norm of ``norms``, the judge's robustness radius
+    (:mod:`calib.budgets.semantic`: per-point bisection, ``iters`` probes after a first attack on the
+    whole box, each a PGD attack on the judge's margin with ``steps``, ``restarts``) and its
+    invariance radius (:mod:`calib.budgets.invariance`: a grid toward the nearest training image of
+    each other class, then ``invariance_iters`` bisection steps), and the relabel curves (targets
+    among ``relabel_targets``: ``any`` other class, or ``tramer``, their hand-made digit map)."""
 
     norms: tuple[str, ...] = ("linf", "l2")
     iters: int = 8
     steps: int = 10
     restarts: int = 1
+    invariance_iters: int = 8
+    relabel_targets: str = "any"
 
     def __post_init__(self) -> None:
         bad = [n for n in self.norms if n not in ("linf", "l2")]
         if bad or not self.norms:
             raise ConfigError(f"semantic norms must be linf and/or l2; got {list(self.norms)}")
-        if self.iters < 0 or self.steps < 1 or self.restarts < 1:
-            raise ConfigError("semantic iters must be >= 0, steps and restarts >= 1")
+        if self.iters < 0 or self.steps < 1 or self.restarts < 1 or self.invariance_iters < 0:
+            raise ConfigError("semantic iters and invariance_iters must be >= 0, steps and restarts >= 1")
+        if self.relabel_targets not in ("any", "tramer"):
+            raise ConfigError(f"semantic relabel_targets must be any or tramer; got {self.relabel_targets!r}")
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,7 @@ class RunConfig:
     embedding_augment: tuple[str, ...] = ()
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     semantic_bound: str = "empirical"
+    semantic_rule: str = "invariance"
     robust_embedding: RobustEmbeddingConfig = field(default_factory=RobustEmbeddingConfig)
     lipschitz: LipschitzConfig = field(default_factory=LipschitzConfig)
     human: HumanConfig = field(default_factory=HumanConfig)
@@ -236,6 +244,10 @@ class RunConfig:
         from calib.train.augment import Augment
 
         Augment(tuple(self.embedding_augment))
+        from calib.budgets.calibrate import SEMANTIC_RULES
+
+        if self.semantic_rule not in SEMANTIC_RULES:
+            raise ConfigError(f"unknown semantic rule {self.semantic_rule!r}; choose {' or '.join(SEMANTIC_RULES)}")
         if self.semantic_bound not in ("empirical", "certified"):
             raise ConfigError(f"unknown semantic bound {self.semantic_bound!r}; choose empirical or certified")
         if self.semantic_bound == "certified" and self.judge.name not in CERTIFIED_JUDGES and not (
@@ -409,8 +421,10 @@ def embedding_step(cfg: AttackConfig, norm: str, cap: float | None = None) -> fl
 
 def attack_plan(cfg: AttackConfig, seed: int = 0) -> list[dict[str, Any]]:
     """The attacks of the headline: for each norm, PGD under the global eps, PGD under the table's
-    per-class eps and embedding-projected PGD (embedding ball from the table, input cap = global eps),
-    all seeded with ``seed``."""
+    per-class eps, the invariance examples at the per-class eps (toward the least-ink image of another
+    class: the direction the semantic budget was computed in, for the audit and the labelling page),
+    and embedding-projected PGD (embedding ball from the table, input cap = global eps), all seeded
+    with ``seed``."""
     from calib.attacks.runner import AttackSpec
 
     plan = []
@@ -424,6 +438,8 @@ def attack_plan(cfg: AttackConfig, seed: int = 0) -> list[dict[str, Any]]:
             {"name": f"pgd-table-{norm}", "budget": "per-class", "ball_space": "input",
              "spec": AttackSpec(attack="pgd", norm=norm, eps=None, steps=cfg.steps, restarts=cfg.restarts,
                                 seed=seed)},
+            {"name": f"invariance-table-{norm}", "budget": "per-class invariance", "ball_space": "input",
+             "spec": AttackSpec(attack="invariance", norm=norm, eps=None, seed=seed)},
             {"name": f"embedding-pgd-{norm}", "budget": "embedding", "ball_space": "embedding",
              "spec": AttackSpec(attack="embedding-pgd", norm=norm, eps=None, cap=cap, steps=cfg.steps,
                                 restarts=cfg.restarts, step_size=step, method=cfg.projection,

@@ -184,9 +184,16 @@ def eps_table_chart(table: Any) -> Any:
     for r, key in enumerate(keys, 1):
         b = table.budget(key)
         eps = b.eps
-        fig.add_trace(go.Bar(x=names, y=eps, name="final ε (table)", showlegend=legend("final"), legendgroup="final",
-                             marker_color="#4c78a8", customdata=b.coverage,
-                             hovertemplate="class %{x}: ε %{y:.4g}, coverage %{customdata:.3f}<extra></extra>"),
+        err = None
+        if b.interval is not None:  # the 95 % interval; an unbounded upper end is drawn to the panel's top
+            hi = np.where(np.isfinite(b.interval[:, 1]), b.interval[:, 1], np.nanmax(np.r_[eps, 1e-9]) * 4)
+            err = {"type": "data", "symmetric": False, "array": hi - eps, "arrayminus": eps - b.interval[:, 0],
+                   "color": "#1f2d3d", "thickness": 1.5, "width": 4}
+        custom = np.stack([b.coverage, *(b.interval.T if b.interval is not None else (eps, eps))], 1)
+        fig.add_trace(go.Bar(x=names, y=eps, name="final ε (table), 95 % interval", showlegend=legend("final"),
+                             legendgroup="final", marker_color="#4c78a8", customdata=custom, error_y=err,
+                             hovertemplate="class %{x}: ε %{y:.4g} [%{customdata[1]:.4g}, %{customdata[2]:.4g}], "
+                                           "coverage %{customdata[0]:.3f}<extra></extra>"),
                       row=r, col=1)
         if "geometric" in b.components:
             fig.add_trace(go.Scatter(x=names, y=b.components["geometric"], mode="markers", name="geometric ε",
@@ -256,8 +263,8 @@ def headline_breakdown(audits: dict[str, Any], class_names: Sequence[str], judge
 
 
 def radii_boxes(radii: dict[str, dict[str, Any]], class_names: Sequence[str]) -> Any:
-    """Per judge and norm (buttons), per class: the distribution of the judges' robustness radii,
-    empirical (upper) and, where certified, certified (lower); log axis."""
+    """Per judge and norm (buttons), per class: the distribution of the judges' radii at the points they
+    get right, invariance and adversarial (upper) and, where certified, certified (lower); log axis."""
     go = _go()
     names = np.asarray([esc(c) for c in class_names], dtype=object)
     fig = go.Figure()
@@ -266,12 +273,13 @@ def radii_boxes(radii: dict[str, dict[str, Any]], class_names: Sequence[str]) ->
         for norm, d in per_norm.items():
             idx = []
             lab = names[d["labels"]]
-            for what, vals, color in (("empirical (upper)", d["empirical"], "#f58518"),
+            for what, vals, color in (("invariance (upper)", d.get("invariance"), "#54a24b"),
+                                      ("adversarial (upper)", d["empirical"], "#f58518"),
                                       ("certified (lower)", d.get("certified"), "#e45756")):
                 if vals is None:
                     continue
                 v = np.asarray(vals, float)
-                ok = np.isfinite(v) & (v > 0)
+                ok = np.isfinite(v) & (v > 0) & ~np.asarray(d.get("clean_wrong", np.zeros(len(v), bool)), bool)
                 idx.append(len(fig.data))
                 fig.add_trace(go.Box(x=lab[ok], y=v[ok], name=what, marker_color=color, boxpoints=False,
                                      offsetgroup=what, legendgroup=what, visible=False))
@@ -284,7 +292,7 @@ def radii_boxes(radii: dict[str, dict[str, Any]], class_names: Sequence[str]) ->
                       updatemenus=[_menu([g for g, _ in groups], vis)] if groups else [],
                       xaxis={"title": {"text": "class"}, "type": "category", "categoryorder": "array",
                              "categoryarray": list(names)},
-                      yaxis={"title": {"text": "robustness radius r(x) (log)"}, "type": "log"})
+                      yaxis={"title": {"text": "radius (log)"}, "type": "log"})
     return fig
 
 
@@ -487,4 +495,44 @@ def disagreement_gallery(items: list[dict[str, Any]], class_names: Sequence[str]
     _image_axes(fig)
     fig.update_annotations(font_size=10)
     fig.update_layout(height=200 * rows + 60, margin={"t": 40, "l": 10, "r": 10, "b": 10})
+    return fig
+
+
+def relabel_curves(curves: dict[str, dict[str, Any]], class_names: Sequence[str]) -> Any:
+    """Per norm (one panel each): the judge's relabel rate of one-target invariance examples against eps,
+    overall and per class, the union over all targets (what the budget uses), and people's published
+    rates where there are any (Tramèr et al.'s automated L-inf attack on MNIST)."""
+    from plotly.subplots import make_subplots
+
+    go = _go()
+    norms = list(curves)
+    fig = make_subplots(rows=1, cols=len(norms), subplot_titles=[NORM_LABEL.get("input/" + n, n) for n in norms])
+    colors = palette(len(class_names))
+    for col, norm in enumerate(norms, 1):
+        doc = curves[norm]
+        eps = doc["eps"]
+        for c, name in enumerate(class_names):
+            fig.add_trace(go.Scatter(x=eps, y=doc["relabel_rate"].get(name), mode="lines", name=esc(name),
+                                     line={"color": colors[c], "width": 1}, opacity=0.6, legendgroup=f"c{c}",
+                                     showlegend=col == 1,
+                                     hovertemplate=f"class {esc(name)}: ε %{{x}}, judge relabels %{{y:.3f}}"
+                                                   "<extra></extra>"), row=1, col=col)
+        fig.add_trace(go.Scatter(x=eps, y=doc["relabel_rate"]["all"], mode="lines+markers", name="judge, one target",
+                                 line={"color": "black", "width": 3}, legendgroup="all", showlegend=col == 1,
+                                 hovertemplate="all classes: ε %{x}, judge relabels %{y:.3f}<extra></extra>"),
+                      row=1, col=col)
+        if doc.get("union_all_targets"):
+            fig.add_trace(go.Scatter(x=eps, y=doc["union_all_targets"], mode="lines", name="judge, any target (budget)",
+                                     line={"color": "black", "dash": "dot"}, legendgroup="union",
+                                     showlegend=col == 1), row=1, col=col)
+        people = doc.get("people")
+        if people:
+            fig.add_trace(go.Scatter(x=people["eps"], y=people["relabel_rate"], mode="markers", name="people (published)",
+                                     marker={"symbol": "star", "size": 16, "color": "#e45756"}, legendgroup="people",
+                                     showlegend=True,
+                                     hovertemplate="people relabelled %{y:.0%} at ε %{x}<extra></extra>"),
+                          row=1, col=col)
+        fig.update_xaxes(title_text="ε", row=1, col=col)
+        fig.update_yaxes(title_text="share relabelled", range=[0, 1], row=1, col=col)
+    fig.update_layout(height=420, margin={"t": 50})
     return fig

@@ -25,8 +25,9 @@ def eps_table(table: Any) -> Table:
     """Per class and budget: eps (coverage), and for final input budgets the semantic bracket
     [certified, empirical]."""
     judge = table.semantic_judge
-    title = "epsilon (coverage)" + (f"; semantic [certified, empirical] of judge {judge}, final uses the "
-                                    f"{table.semantic_bound} bound" if judge else "")
+    title = "epsilon [95% interval] (coverage)" + (
+        f"; semantic ({table.semantic_rule} radius) [certified, empirical] of judge {judge} over the points it gets "
+        f"right, final uses the {table.semantic_bound} bound" if judge else "")
     columns = [table.budget(k) for k in table.keys]
     heads = []
     for b in columns:
@@ -37,7 +38,8 @@ def eps_table(table: Any) -> Table:
     for c, name in enumerate(table.class_names):
         row = [_e(name)]
         for b in columns:
-            row.append(f"{b.eps[c]:.4g} ({b.coverage[c]:.2f})")
+            iv = "" if b.interval is None else f" [{b.interval[c, 0]:.3g}, {b.interval[c, 1]:.3g}]"
+            row.append(f"{b.eps[c]:.4g}{iv} ({b.coverage[c]:.2f})")
             if b.semantic is not None:
                 emp = b.semantic.empirical[c]
                 lo = "–" if b.semantic.certified is None else f"{b.semantic.certified[c]:.4g}"

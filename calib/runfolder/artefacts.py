@@ -10,7 +10,8 @@ this module (or :class:`calib.runfolder.RunFolder`, which joins them to the fold
 ``eps_table.json/.csv``    the epsilon table (:data:`EPS_TABLE`, :data:`EPS_TABLE_CSV`)
 ``per_sample_eps.npz``     per-sample budgets of the calibration points (:data:`PER_SAMPLE`)
 ``models/<stem>.*``        safetensors weights + JSON config (:func:`model`)
-``semantic/<judge>.*``     a judge's radii at the calibration points (:func:`semantic`)
+``semantic/<judge>.*``     a judge's radii at the calibration points (:func:`semantic`) and its
+                           relabel curves (:func:`relabel`)
 ``attacks/<name>.*``       adversarial examples (:func:`attack`)
 ``audit/<name>.*``         their audit (:func:`audit`)
 ``validation/``            judges against people (:data:`VALIDATION`)
@@ -58,6 +59,11 @@ def model(stem: str) -> tuple[str, str]:
 def semantic(judge: str) -> tuple[str, str]:
     """Arrays and document of a judge's radii."""
     return f"{SEMANTIC}/{judge}.npz", f"{SEMANTIC}/{judge}.json"
+
+
+def relabel(judge: str, norm: str) -> str:
+    """A judge's relabel curve: ``semantic/<judge>-relabel.json`` (L-inf), ``semantic/<judge>-relabel-l2.json``."""
+    return f"{SEMANTIC}/{judge}-relabel.json" if norm == "linf" else f"{SEMANTIC}/{judge}-relabel-{norm}.json"
 
 
 def attack(name: str) -> tuple[str, str]:

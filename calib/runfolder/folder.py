@@ -113,7 +113,7 @@ class RunFolder:
 
     def names(self, kind: str) -> list[str]:
         """Names present under ``attacks``, ``audit``, ``semantic``, ``experiments`` or ``human``."""
-        suffix = ".npz" if kind in (A.ATTACKS, A.HUMAN) else ".json"
+        suffix = ".npz" if kind in (A.ATTACKS, A.HUMAN, A.SEMANTIC) else ".json"  # (semantic/: not the curves)
         return sorted(p.stem for p in self.file(kind).glob(f"*{suffix}"))
 
     def writing(self, command: str, create: bool = False) -> RunLock:

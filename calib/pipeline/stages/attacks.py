@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from calib.attacks.runner import AttackSpec
 from calib.audit import AuditConfig
@@ -61,8 +62,12 @@ def compute_attack(ctx: StageContext, o: AttackOptions) -> dict[str, Any]:
 
     sel, x, y = attacked(ctx, o.n, o.seed)
     uses_table = o.spec.eps is None
-    res = run_attack(o.spec, ctx.model("classifier"), ctx.model("embedding") if "embedding" in o.spec.models else None,
-                     x, y, table=ctx.table() if uses_table else None, device=ctx.device, show_progress=ctx.progress)
+    if o.spec.attack == "invariance":
+        res = invariance_attack(ctx, x, y, o.spec)
+    else:
+        res = run_attack(o.spec, ctx.model("classifier"), ctx.model("embedding") if "embedding" in o.spec.models else None,
+                         x, y, table=ctx.table() if uses_table else None, device=ctx.device,
+                         show_progress=ctx.progress)
     res["arrays"]["indices"] = ctx.splits.test.indices[sel]
     res["arrays"]["x"] = x
     save_attack(res, ctx.file(A.ATTACKS), o.name, classifier=sha256_file(ctx.file(A.model("classifier")[0])),
@@ -70,6 +75,33 @@ def compute_attack(ctx: StageContext, o: AttackOptions) -> dict[str, Any]:
                 table=sha256_file(ctx.file(A.EPS_TABLE)) if uses_table else None)
     s = res["summary"]
     return {"success_rate": s["success_rate"], "seconds": s["seconds"], "projection": s["projection"]}
+
+
+def invariance_attack(ctx: StageContext, x: np.ndarray, y: np.ndarray, spec: AttackSpec) -> dict[str, Any]:
+    """Each test point moved toward its least-ink image of another class (nearest in the training part) to
+    its class's table budget: the direction the invariance budget was measured in."""
+    import time
+
+    from calib.budgets.invariance import least_ink_examples, nearest_targets
+    from calib.models.infer import forward_batched
+    from calib.perturb.invariants import check_ball, perturbation_norms
+
+    t0 = time.perf_counter()
+    tr = ctx.splits.train
+    eps = ctx.table().eps("input", spec.norm)[y]
+    targets = nearest_targets(x, y, tr.images, tr.labels, len(ctx.class_names))
+    x_adv, target = least_ink_examples(x, y, tr.images, targets, eps, spec.norm)
+    check_ball(x, x_adv, eps, spec.norm, tol=1e-6, who="invariance attack")
+    pred = forward_batched(ctx.model("classifier"), x_adv, device=ctx.device).argmax(1).numpy()
+    xt, xa = torch.from_numpy(x), torch.from_numpy(x_adv)
+    arrays = {"x_adv": x_adv, "success": pred != y, "eps": eps, "pred": pred, "labels": y, "target_class": target,
+              **{f"dist_{n}": perturbation_norms(xt, xa, n).numpy() for n in ("linf", "l2", "l1")}}
+    per_class = {str(c): {"n": int((y == c).sum()), "success_rate": float(arrays["success"][y == c].mean())}
+                 for c in np.unique(y)}
+    summary = {"spec": asdict(spec), "n": int(len(y)), "success_rate": float(arrays["success"].mean()),
+               "seconds": time.perf_counter() - t0, "per_class": per_class, "projection": None,
+               "budget": "eps table (invariance direction)"}
+    return {"arrays": arrays, "summary": summary}
 
 
 @dataclass(frozen=True)
@@ -117,7 +149,8 @@ def attack_stages(config: RunConfig) -> list[Stage]:
         column = budget_column(spec)
         stages.append(Stage(f"attack-{a.name}", compute_attack, a, A.attack(a.name),
                             reads=tuple(A.model(m)[0] for m in spec.models), derived=column,
-                            code=("calib.attacks.runner", "calib.models", attacked)))
+                            code=("calib.attacks.runner", "calib.models", "calib.budgets.invariance", attacked,
+                                  invariance_attack)))
         o = AuditOptions(a, judge, config.audit, item["ball_space"], item["budget"], config.classifier)
         stages.append(Stage(f"audit-{a.name}", compute_audit, o, A.audit(a.name),
                             reads=(A.attack(a.name)[0], *judge_reads(judge), A.model("classifier")[0],

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from calib.runfolder import RunFolder
 
 
-def semantic_table(geo: EpsTable, stats: Stats, folder: RunFolder, judge: str, bound: str = "empirical") -> EpsTable:
+def semantic_table(geo: EpsTable, stats: Stats, folder: RunFolder, judge: str, bound: str = "empirical",
+                   rule: str = "invariance") -> EpsTable:
     """The final table from the geometric one and the saved radii ``semantic/<judge>.*``."""
     from calib.budgets import final_table
 
@@ -33,10 +34,13 @@ def semantic_table(geo: EpsTable, stats: Stats, folder: RunFolder, judge: str, b
         if not np.array_equal(ps.query_indices, idx):
             raise ConfigError(f"the {judge} radii were measured on other points than the statistics' "
                               f"{geo.pair} pair; recompute them")
-    info = {norm: {k: v for k, v in i.items() if k in ("iters", "steps", "restarts", "max_radius", "seed",
-                                                            "certificate_checked", "not_found", "clean_wrong")}
-            for norm, i in doc["norms"].items()}
-    return final_table(geo, stats, radii, doc["judge"], bound=bound, semantic_info={"per_norm": info})
+    keep = ("iters", "steps", "restarts", "max_radius", "seed", "certificate_checked", "not_found", "clean_wrong",
+            "invariance_tightened")
+    info = {norm: {k: v for k, v in i.items() if k in keep} for norm, i in doc["norms"].items()}
+    if rule == "invariance" and any(r.invariance is None for r in radii.values()):
+        raise ConfigError(f"the {judge} radii in {folder.path} have no invariance radii (measured by an older calib); "
+                          "measure them again with `calib run`, or use --semantic-rule adversarial")
+    return final_table(geo, stats, radii, doc["judge"], bound=bound, rule=rule, semantic_info={"per_norm": info})
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,13 @@ class BudgetsOptions:
     judge: str | None = None
     bound: str = "empirical"
     seed: int = 0
+    rule: str = "invariance"
+
+    def __post_init__(self) -> None:
+        from calib.budgets.calibrate import SEMANTIC_RULES
+
+        if self.rule not in SEMANTIC_RULES:
+            raise ConfigError(f"unknown semantic rule {self.rule!r}; choose {' or '.join(SEMANTIC_RULES)}")
 
 
 def make_table(folder: RunFolder, o: BudgetsOptions) -> EpsTable:
@@ -58,7 +69,7 @@ def make_table(folder: RunFolder, o: BudgetsOptions) -> EpsTable:
     stats = folder.stats()
     table = geometric_table(stats, o.policy, pair=o.pair, provenance={"seed": o.seed})
     if o.judge is not None:
-        table = semantic_table(table, stats, folder, o.judge, o.bound)
+        table = semantic_table(table, stats, folder, o.judge, o.bound, o.rule)
     return annotate_table(folder, table, save=False)
 
 
@@ -69,14 +80,15 @@ def write_per_sample(folder: RunFolder, o: BudgetsOptions) -> None:
     caps = {}  # test points: the class's semantic budget (their own radii are not measured)
     for norm in radii or {}:
         sem = folder.table().budget("input", norm).semantic
-        vals = sem.certified if o.bound == "certified" else sem.empirical
+        vals = sem.certified if o.bound == "certified" else sem.empirical  # (the rule's upper estimate)
         caps[norm] = np.array([np.inf if v is None else v for v in vals], float)
     ds = folder.record["dataset"]
     meta = {"dataset": ds["name"], "fingerprint": ds["fingerprint"], "pair": o.pair, "q": o.policy.q,
             "s": o.policy.s, "judge": o.judge, "bound": o.bound if o.judge else None,
             "parts": {"0": "calibration (own radii)", "1": "test (own geometric budget, the class's semantic budget)"}}
+    meta["rule"] = o.rule if o.judge else None
     write(folder.file(A.PER_SAMPLE), per_sample_arrays(folder.stats(), o.policy, o.pair, radii, o.bound,
-                                                       class_semantic=caps), meta)
+                                                       class_semantic=caps, rule=o.rule), meta)
 
 
 def compute(ctx: StageContext, o: BudgetsOptions) -> dict[str, Any]:
@@ -96,7 +108,7 @@ def human_inputs(ctx: StageContext) -> dict[str, str]:
 def budgets_options(config: RunConfig) -> BudgetsOptions:
     return BudgetsOptions(Policy(q=config.q, s=config.s, rule=config.rule), config.pair,
                           config.judge.name if config.semantic is not None else None, config.semantic_bound,
-                          config.seed)
+                          config.seed, config.semantic_rule)
 
 
 def budgets_stage(config: RunConfig) -> Stage:

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from calib.budgets.semantic import Radii, robustness_radii, save_radii
-from calib.io import to_jsonable
+from calib.budgets.semantic import Radii, merge_invariance, robustness_radii, save_radii
+from calib.io import to_jsonable, write_json
 from calib.judges import MODEL_OF, Judge, JudgeConfig
 from calib.pipeline.config import RunConfig, SemanticConfig
 from calib.pipeline.stage import Stage, StageContext
@@ -26,19 +26,40 @@ def query_part(folder: RunFolder, pair: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure_radii(folder: RunFolder, judge: Judge, pair: str, config: SemanticConfig, *, seed: int,
-                  progress: bool = True) -> tuple[dict[str, Radii], np.ndarray, np.ndarray]:
-    """The judge's robustness radii at the query points of ``pair``, per norm of ``config``; returns
-    (norm -> Radii, dataset indices, labels)."""
+                  progress: bool = True) -> tuple[dict[str, Radii], np.ndarray, np.ndarray, dict[str, Any]]:
+    """At the query points of ``pair``, per norm of ``config``: the judge's robustness radius (an attack)
+    and its invariance radius toward the nearest training image of each other class, merged (an
+    invariance witness closer than the attack's best replaces it), and the relabel curve; returns
+    (norm -> Radii, dataset indices, labels, norm -> relabel document)."""
+    from calib.budgets.invariance import invariance_radii, nearest_targets, relabel_curve, union_rate
+
     idx, y = query_part(folder, pair)
     x = folder.dataset.images[idx]
-    radii = {norm: robustness_radii(judge, x, y, norm, iters=config.iters, steps=config.steps,
-                                    restarts=config.restarts, seed=seed, device=folder.device, show_progress=progress)
-             for norm in config.norms}
-    return radii, idx, y
+    ref = folder.split("train")
+    targets = nearest_targets(x, y, ref.images, ref.labels, len(folder.class_names))
+    radii, curves = {}, {}
+    for norm in config.norms:
+        adv = robustness_radii(judge, x, y, norm, iters=config.iters, steps=config.steps, restarts=config.restarts,
+                               seed=seed, device=folder.device, show_progress=progress)
+        inv = invariance_radii(judge, x, y, ref.images, targets, norm, iters=config.invariance_iters,
+                               device=folder.device, show_progress=progress)
+        radii[norm] = merge_invariance(adv, inv)
+        curves[norm] = relabel_curve(judge, x, y, ref.images, targets, norm, folder.class_names,
+                                     class_map=config.relabel_targets, device=folder.device)
+        curves[norm]["union_all_targets"] = union_rate(inv, y, tuple(curves[norm]["eps"]))
+    return radii, idx, y, curves
 
 
 def save_measured(folder: RunFolder, name: str, radii: dict[str, Radii], idx: np.ndarray, y: np.ndarray,
-                  judge: Judge) -> None:
+                  judge: Judge, curves: dict[str, Any]) -> None:
+    from calib.budgets.invariance import HUMAN_RELABEL
+
+    for norm, doc in curves.items():
+        people = HUMAN_RELABEL.get(norm)
+        write_json(folder.file(A.relabel(name, norm)), to_jsonable({
+            **doc, "judge": name, "people": None if people is None else {
+                "eps": list(people), "relabel_rate": list(people.values()),
+                "source": "Tramèr et al. 2020, automated L-inf invariance attack on 100 MNIST test points"}}))
     save_radii(folder.file(A.SEMANTIC), name, radii, idx, y, judge.describe())
 
 
@@ -52,13 +73,18 @@ class SemanticOptions:
 
 def compute(ctx: StageContext, o: SemanticOptions) -> dict[str, Any]:
     judge = ctx.judge(o.judge.name, o.judge)
-    radii, idx, y = measure_radii(ctx, judge, o.pair, o.semantic, seed=o.seed, progress=ctx.progress)
-    save_measured(ctx, o.judge.name, radii, idx, y, judge)
+    radii, idx, y, curves = measure_radii(ctx, judge, o.pair, o.semantic, seed=o.seed, progress=ctx.progress)
+    save_measured(ctx, o.judge.name, radii, idx, y, judge, curves)
     info: dict[str, Any] = {"judge": judge.describe()}
     for norm, r in radii.items():  # (per-class budgets depend on q and s: they live in the table)
+        ok = ~r.clean_wrong
         info[norm] = {"median_empirical": float(np.median(r.empirical)), "seconds": r.info["seconds"],
+                      "median_invariance": float(np.median(r.invariance[ok])) if ok.any() else None,
+                      "invariance_seconds": r.info["invariance"]["seconds"],
+                      "invariance_tightened": r.info["invariance_tightened"],
                       "certificate_checked": r.checked, "not_found": r.info["not_found"],
-                      "clean_wrong": r.info["clean_wrong"]}
+                      "clean_wrong": r.info["clean_wrong"],
+                      "relabel": dict(zip(curves[norm]["eps"], curves[norm]["relabel_rate"]["all"]))}
     return to_jsonable(info)
 
 
@@ -74,5 +100,7 @@ JUDGE_CODE = ("calib.judges", "calib.runfolder.judges", "calib.runfolder.checks"
 def semantic_stage(config: RunConfig, name: str) -> Stage:
     """Judge ``name``'s robustness radii at the calibration points."""
     o = SemanticOptions(config.judge.identity(name), config.semantic, config.pair, config.seed)
-    return Stage(f"semantic-{name}", compute, o, A.semantic(name), reads=judge_reads(o.judge),
-                 code=("calib.budgets.semantic", measure_radii, query_part, save_measured, *JUDGE_CODE))
+    outputs = (*A.semantic(name), *(A.relabel(name, norm) for norm in config.semantic.norms))
+    return Stage(f"semantic-{name}", compute, o, outputs, reads=judge_reads(o.judge),
+                 code=("calib.budgets.semantic", "calib.budgets.invariance", measure_radii, query_part, save_measured,
+                       *JUDGE_CODE))
