@@ -193,3 +193,14 @@ def test_class_intervals_with_a_mask():
     iv = class_intervals(v, lab, 3, 0.5, s=2.0, mask=v != 0)
     assert 2 * 40 <= iv[0, 0] <= 2 * 50 <= iv[0, 1] <= 2 * 62 and iv[1, 0] > 2000
     assert iv[2, 0] == 0 and np.isinf(iv[2, 1])  # a class without points: nothing known
+
+
+def test_tramer_class_map_restricts_the_targets():
+    from calib.budgets.invariance import TRAMER_TARGETS, _allowed
+
+    y = np.array([0, 2, 9, 9])
+    targets = np.where(np.eye(10, dtype=bool)[y], -1, 1)
+    allowed = _allowed(targets, y, "tramer")
+    for i, c in enumerate(y):
+        assert set(np.flatnonzero(allowed[i])) == set(TRAMER_TARGETS[int(c)])
+    assert _allowed(targets, y, "any").sum() == 4 * 9

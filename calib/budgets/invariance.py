@@ -309,7 +309,7 @@ def _allowed(targets: np.ndarray, y: np.ndarray, class_map: str) -> np.ndarray:
         raise ConfigError("Tramèr et al.'s target classes are for 10-class digit data")
     mask = np.zeros_like(allowed)
     for src, tgts in TRAMER_TARGETS.items():
-        mask[np.asarray(y) == src, list(tgts)] = True
+        mask[np.ix_(np.flatnonzero(np.asarray(y) == src), list(tgts))] = True
     return allowed & mask
 
 
