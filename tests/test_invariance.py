@@ -204,3 +204,19 @@ def test_tramer_class_map_restricts_the_targets():
     for i, c in enumerate(y):
         assert set(np.flatnonzero(allowed[i])) == set(TRAMER_TARGETS[int(c)])
     assert _allowed(targets, y, "any").sum() == 4 * 9
+
+
+def test_bad_rule_and_a_previous_table_are_one_line_exit_2(tmp_path, capsys, digits_table):
+    import json
+
+    from calib.cli import main
+
+    assert main(["run", "--out", str(tmp_path / "r"), "--semantic-rule", "other"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown semantic rule 'other'" in err and err.count("\n") == 1 and not (tmp_path / "r").exists()
+    doc = digits_table.to_dict()
+    doc["version"] = 3
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    assert main(["table", "check", str(tmp_path / "t.json")]) == 2
+    err = capsys.readouterr().err
+    assert "version 3 is not supported" in err and "95 % interval" in err and err.count("\n") == 1
