@@ -52,7 +52,10 @@ class SemanticConfig:
     whole box, each a PGD attack on the judge's margin with ``steps``, ``restarts``) and its
     invariance radius (:mod:`calib.budgets.invariance`: a grid toward the nearest training image of
     each other class, then ``invariance_iters`` bisection steps), and the relabel curves (targets
-    among ``relabel_targets``: ``any`` other class, or ``tramer``, their hand-made digit map)."""
+    among ``relabel_targets``: ``any`` other class, or ``tramer``, their hand-made digit map). With
+    ``align`` the targets are first rotated and translated into the point's pose
+    (:mod:`calib.budgets.alignment`, the best of a grid of 5 rotations x 25 shifts), as in Tramèr et
+    al.'s attack."""
 
     norms: tuple[str, ...] = ("linf", "l2")
     iters: int = 8
@@ -60,6 +63,13 @@ class SemanticConfig:
     restarts: int = 1
     invariance_iters: int = 8
     relabel_targets: str = "any"
+    align: bool = False
+
+    def align_grid(self):
+        """The alignment grid, or ``None`` without alignment."""
+        from calib.budgets.alignment import AlignGrid
+
+        return AlignGrid() if self.align else None
 
     def __post_init__(self) -> None:
         bad = [n for n in self.norms if n not in ("linf", "l2")]

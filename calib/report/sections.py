@@ -242,6 +242,18 @@ def eps_table_section(r: Report, page: Page) -> None:
 
 
 # ---- judges ------------------------------------------------------------------------------------------
+def _targets_note(curves: dict) -> str:
+    """How the invariance targets were chosen, from a relabel-curve document."""
+    t = next(iter(curves.values())).get("targets") or {}
+    if not t.get("aligned"):
+        return "the nearest training image of each other class, unaligned"
+    g = t.get("grid") or {}
+    rot, sh = g.get("rotations") or [0], g.get("shifts") or [0]
+    return (f"the nearest training image of each other class to any of {t.get('transforms')} rotations "
+            f"({min(rot):g}° to {max(rot):g}°) and shifts ({min(sh):g} to {max(sh):g} px) of the point, moved "
+            f"into the point's pose ({100 * float(t.get('aligned_share', 0)):.0f} % of targets moved)")
+
+
 def semantic_section(r: Report, page: Page) -> None:
     """Per measured judge and norm: per-class budgets from the invariance radius and the bracket
     [certified, adversarial], the relabel curves against people's published rates, the radii's
@@ -305,7 +317,8 @@ def semantic_section(r: Report, page: Page) -> None:
                  'hand-made target classes): calib\'s prediction of how often people would relabel such images. '
                  'Stars: the share people relabelled on Tramèr et al.\'s automated L∞ MNIST examples (21 % at 0.3, '
                  '37 % at 0.4; their targets came from 60,000 training images and a per-class map, so this is a '
-                 'comparison of kind, not a replication). Dotted: any target, what the budget uses.</p>')
+                 'comparison of kind, not a replication). Dotted: any target, what the budget uses. '
+                 f'Targets: {esc(_targets_note(curves))}.</p>')
         page.figure(F.relabel_curves(curves, r.names), "relabel-curves")
     page.add("<h3>How each radius was measured</h3>" + html_table(
         ["judge", "kind", "norm", "certified", "adversarial witnesses", "no change found", "judge wrong on clean",

@@ -46,6 +46,7 @@ class AttackOptions:
     spec: AttackSpec
     n: int | None
     seed: int
+    align: bool = False  # invariance attack: aligned targets, as the semantic stage measured them
 
 
 def budget_column(spec: AttackSpec):
@@ -63,7 +64,7 @@ def compute_attack(ctx: StageContext, o: AttackOptions) -> dict[str, Any]:
     sel, x, y = attacked(ctx, o.n, o.seed)
     uses_table = o.spec.eps is None
     if o.spec.attack == "invariance":
-        res = invariance_attack(ctx, x, y, o.spec)
+        res = invariance_attack(ctx, x, y, o.spec, o.align)
     else:
         res = run_attack(o.spec, ctx.model("classifier"), ctx.model("embedding") if "embedding" in o.spec.models else None,
                          x, y, table=ctx.table() if uses_table else None, device=ctx.device,
@@ -77,20 +78,24 @@ def compute_attack(ctx: StageContext, o: AttackOptions) -> dict[str, Any]:
     return {"success_rate": s["success_rate"], "seconds": s["seconds"], "projection": s["projection"]}
 
 
-def invariance_attack(ctx: StageContext, x: np.ndarray, y: np.ndarray, spec: AttackSpec) -> dict[str, Any]:
-    """Each test point moved toward its least-ink image of another class (nearest in the training part) to
-    its class's table budget: the direction the invariance budget was measured in."""
+def invariance_attack(ctx: StageContext, x: np.ndarray, y: np.ndarray, spec: AttackSpec,
+                      align: bool = False) -> dict[str, Any]:
+    """Each test point moved toward its least-ink image of another class (nearest in the training part,
+    aligned to the point with ``align``) to its class's table budget: the direction the invariance budget
+    was measured in."""
     import time
 
-    from calib.budgets.invariance import least_ink_examples, nearest_targets
+    from calib.budgets.alignment import AlignGrid, invariance_targets
+    from calib.budgets.invariance import least_ink_examples
     from calib.models.infer import forward_batched
     from calib.perturb.invariants import check_ball, perturbation_norms
 
     t0 = time.perf_counter()
     tr = ctx.splits.train
     eps = ctx.table().eps("input", spec.norm)[y]
-    targets = nearest_targets(x, y, tr.images, tr.labels, len(ctx.class_names))
-    x_adv, target = least_ink_examples(x, y, tr.images, targets, eps, spec.norm)
+    images, targets, _ = invariance_targets(x, y, tr.images, tr.labels, len(ctx.class_names),
+                                            AlignGrid() if align else None)
+    x_adv, target = least_ink_examples(x, y, images, targets, eps, spec.norm)
     check_ball(x, x_adv, eps, spec.norm, tol=1e-6, who="invariance attack")
     pred = forward_batched(ctx.model("classifier"), x_adv, device=ctx.device).argmax(1).numpy()
     xt, xa = torch.from_numpy(x), torch.from_numpy(x_adv)
@@ -145,11 +150,13 @@ def attack_stages(config: RunConfig) -> list[Stage]:
     judge = config.judge.identity()
     for item in attack_plan(config.attack, seed=config.seed):
         spec = item["spec"]
-        a = AttackOptions(item["name"], spec, config.attack.n, config.seed)
+        a = AttackOptions(item["name"], spec, config.attack.n, config.seed,
+                          align=config.semantic.align and spec.attack == "invariance")
         column = budget_column(spec)
         stages.append(Stage(f"attack-{a.name}", compute_attack, a, A.attack(a.name),
                             reads=tuple(A.model(m)[0] for m in spec.models), derived=column,
-                            code=("calib.attacks.runner", "calib.models", "calib.budgets.invariance", attacked,
+                            code=("calib.attacks.runner", "calib.models", "calib.budgets.invariance",
+                                  "calib.budgets.alignment", attacked,
                                   invariance_attack)))
         o = AuditOptions(a, judge, config.audit, item["ball_space"], item["budget"], config.classifier)
         stages.append(Stage(f"audit-{a.name}", compute_audit, o, A.audit(a.name),

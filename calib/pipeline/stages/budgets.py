@@ -37,6 +37,10 @@ def semantic_table(geo: EpsTable, stats: Stats, folder: RunFolder, judge: str, b
     keep = ("iters", "steps", "restarts", "max_radius", "seed", "certificate_checked", "not_found", "clean_wrong",
             "invariance_tightened")
     info = {norm: {k: v for k, v in i.items() if k in keep} for norm, i in doc["norms"].items()}
+    for norm, i in doc["norms"].items():  # which targets the invariance paths moved toward
+        targets = (i.get("invariance") or {}).get("targets")
+        if targets is not None:
+            info[norm]["invariance_targets"] = {k: targets[k] for k in ("aligned", "grid") if k in targets}
     if rule == "invariance" and any(r.invariance is None for r in radii.values()):
         raise ConfigError(f"the {judge} radii in {folder.path} have no invariance radii (measured by an older calib); "
                           "measure them again with `calib run`, or use --semantic-rule adversarial")

@@ -31,22 +31,26 @@ def measure_radii(folder: RunFolder, judge: Judge, pair: str, config: SemanticCo
     and its invariance radius toward the nearest training image of each other class, merged (an
     invariance witness closer than the attack's best replaces it), and the relabel curve; returns
     (norm -> Radii, dataset indices, labels, norm -> relabel document)."""
-    from calib.budgets.invariance import invariance_radii, nearest_targets, relabel_curve, union_rate
+    from calib.budgets.alignment import invariance_targets
+    from calib.budgets.invariance import invariance_radii, relabel_curve, union_rate
 
     idx, y = query_part(folder, pair)
     x = folder.dataset.images[idx]
     ref = folder.split("train")
-    targets = nearest_targets(x, y, ref.images, ref.labels, len(folder.class_names))
+    images, targets, aligned = invariance_targets(x, y, ref.images, ref.labels, len(folder.class_names),
+                                                  config.align_grid())
     radii, curves = {}, {}
     for norm in config.norms:
         adv = robustness_radii(judge, x, y, norm, iters=config.iters, steps=config.steps, restarts=config.restarts,
                                seed=seed, device=folder.device, show_progress=progress)
-        inv = invariance_radii(judge, x, y, ref.images, targets, norm, iters=config.invariance_iters,
+        inv = invariance_radii(judge, x, y, images, targets, norm, iters=config.invariance_iters,
                                device=folder.device, show_progress=progress)
         radii[norm] = merge_invariance(adv, inv)
-        curves[norm] = relabel_curve(judge, x, y, ref.images, targets, norm, folder.class_names,
+        inv.info["targets"] = aligned
+        curves[norm] = relabel_curve(judge, x, y, images, targets, norm, folder.class_names,
                                      class_map=config.relabel_targets, device=folder.device)
         curves[norm]["union_all_targets"] = union_rate(inv, y, tuple(curves[norm]["eps"]))
+        curves[norm]["targets"] = aligned
     return radii, idx, y, curves
 
 
@@ -102,5 +106,5 @@ def semantic_stage(config: RunConfig, name: str) -> Stage:
     o = SemanticOptions(config.judge.identity(name), config.semantic, config.pair, config.seed)
     outputs = (*A.semantic(name), *(A.relabel(name, norm) for norm in config.semantic.norms))
     return Stage(f"semantic-{name}", compute, o, outputs, reads=judge_reads(o.judge),
-                 code=("calib.budgets.semantic", "calib.budgets.invariance", measure_radii, query_part, save_measured,
-                       *JUDGE_CODE))
+                 code=("calib.budgets.semantic", "calib.budgets.invariance", "calib.budgets.alignment", measure_radii,
+                       query_part, save_measured, *JUDGE_CODE))
