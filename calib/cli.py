@@ -180,8 +180,9 @@ def run(ctx: typer.Context,
         out: Optional[Path] = typer.Option(None, "--out", help="Run folder. Default: reports/<name>."),
         name: Optional[str] = typer.Option(None, "--name", help="Run name. Default: <dataset>-seed<seed>."),
         epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Training epochs of every model "
-                                             "(default: 200,000 samples seen, 3 to 20 epochs: 20 on digits and "
-                                             "MNIST 10k, 4 on Fashion-MNIST 70k)."),
+                                             "(default: 200,000 samples seen by the classifier and 450,000 by the "
+                                             "embedding, 3 to 20 epochs: 20 on digits and MNIST 10k, 4 and 8 on "
+                                             "Fashion-MNIST 70k)."),
         seed: int = SeedOpt, device: str = DeviceOpt,
         classifier: Optional[str] = typer.Option(None, "--classifier", help="Attack and audit your own classifier "
                                                  "instead of training one: PACKAGE.MODULE:FACTORY (or "

@@ -365,6 +365,22 @@ def test_default_epochs_follow_training_size():
 
     assert default_epochs(1259) == 20 and default_epochs(8500) == 20
     assert default_epochs(58000) == 4 and default_epochs(10 ** 7) == 3
+    from calib.pipeline import RunConfig
+
+    cfg = RunConfig()
+    assert cfg.epochs("classifier", 58000) == 4 and cfg.epochs("embedding", 58000) == 8
+    assert cfg.epochs("embedding", 8500) == 20 and cfg.epochs("embedding", 1259) == 20
+
+
+def test_default_shift_only_on_small_sets_of_large_images(digits):
+    from calib.data import Dataset
+    from calib.train.loop import default_shift
+
+    def fake(n: int, side: int) -> Dataset:
+        return Dataset("fake", np.zeros((n, 1, side, side), np.float32), np.arange(n) % 2, ("a", "b"), "0" * 64)
+
+    assert default_shift(digits) == 0  # 8 px
+    assert default_shift(fake(8500, 28)) == 2 and default_shift(fake(58000, 28)) == 0
 
 
 def test_calibration_cap_is_stratified_and_seeded(digits):

@@ -5,7 +5,10 @@ input norm p is ``r(x) = min{ ||delta||_p : J(x + delta) != y, x + delta in [0,1
 input change that changes the judge's class. Per class c, ``eps_sem(c) = s * Q_q{ r(x) : y=c }``.
 Every estimate says which side it bounds:
 
-* **empirical (upper bound)**: per-point bisection on the radius, each probe a PGD attack (random
+* **empirical (upper bound)**, by default a minimum-norm attack (:mod:`calib.budgets.minnorm`: FMN over
+  the untargeted margin and the nearest target classes, warm-started from the invariance witness,
+  each candidate re-checked, then shortened along its ray); the reference ``method="bisection"`` is
+  per-point bisection on the radius, each probe a PGD attack (random
   start, ``steps`` steps) that ascends the judge's "class changed" score inside the ball, a sample
   leaving the attack at its first successful iterate (only *a* witness per probe is needed). Every
   success is a *witness* x' whose judge verdict was re-evaluated and whose distance was measured;
@@ -143,31 +146,97 @@ def merge_invariance(radii: Radii, inv: Any, cert_tol: float = CERT_TOL) -> Radi
                  inv.target_class, inv.witnesses)
 
 
-def robustness_radii(judge: Judge, x: np.ndarray, y: np.ndarray, norm: str, *, iters: int = 8, steps: int = 10,
-                     restarts: int = 1, max_radius: float | None = None, seed: int = 0, batch_size: int = 256,
-                     device: str | torch.device = "cpu", show_progress: bool = False) -> Radii:
+#: how the adversarial radius is estimated: a minimum-norm attack (default) or bisection over PGD probes
+METHODS = ("fmn", "bisection")
+
+
+def robustness_radii(judge: Judge, x: np.ndarray, y: np.ndarray, norm: str, *, method: str = "bisection",
+                     iters: int = 8, steps: int = 10, restarts: int = 1, fmn_steps: int = 20, fmn_targets: int = 2,
+                     start: np.ndarray | None = None, max_radius: float | None = None, seed: int = 0,
+                     batch_size: int = 256, device: str | torch.device = "cpu", show_progress: bool = False) -> Radii:
     """Empirical (attack) and certified radii of ``judge`` at every point (see the module docstring).
 
     Args:
         judge: the judge (its modules on ``device``).
         x: (N, C, H, W) clean images in [0,1]; y: (N,) their labels.
         norm: ``linf`` or ``l2``.
+        method: ``bisection`` (the reference: PGD probes, ``iters``, ``steps``, ``restarts``) or ``fmn``
+            (:mod:`calib.budgets.minnorm`: a minimum-norm attack of ``fmn_steps`` over the untargeted
+            margin and ``fmn_targets`` target classes, warm-started from ``start``).
         iters: bisection probes after the first attack at ``max_radius``; steps, restarts: PGD per probe.
+        start: (N, C, H, W) known witnesses to start from (``fmn``; NaN rows: none).
         max_radius: the largest radius tried (default: the whole box, :func:`max_radius_of`).
         seed: seeds every random start.
     """
+    if method not in METHODS:
+        raise ConfigError(f"unknown radius method {method!r}; choose {' or '.join(METHODS)}")
     if iters < 0 or steps < 1 or restarts < 1:
         raise ConfigError("semantic iters must be >= 0, steps and restarts >= 1")
     n = len(y)
-    n_inputs = int(np.prod(x.shape[1:]))
-    hi_max = float(max_radius) if max_radius is not None else max_radius_of(norm, n_inputs)
+    hi_max = float(max_radius) if max_radius is not None else max_radius_of(norm, int(np.prod(x.shape[1:])))
+    t0 = time.perf_counter()
+    cert = _certified(judge, x, y, norm, batch_size, device)
+    if method == "fmn":
+        from calib.budgets.minnorm import minimum_norm_radii
+
+        emp, witnesses, wrong, minfo = minimum_norm_radii(judge, x, y, norm, steps=fmn_steps, targets=fmn_targets,
+                                                          start=start, device=device, show_progress=show_progress)
+        emp = np.where(emp <= hi_max, emp, np.inf)
+        settings: dict[str, Any] = {"method": "fmn", "fmn": minfo}
+    else:
+        emp, witnesses, wrong = _bisection(judge, x, y, norm, iters, steps, restarts, hi_max, cert, seed, batch_size,
+                                           device, show_progress)
+        settings = {"method": "bisection", "iters": iters, "steps": steps, "restarts": restarts,
+                    "floor": hi_max / FLOOR_RATIO}
+    checked = 0
+    if cert is not None:
+        for s in range(0, n, batch_size):
+            xb = torch.from_numpy(x[s:s + batch_size]).to(device)
+            yb = torch.from_numpy(np.asarray(y[s:s + batch_size], np.int64)).to(device)
+            checked += _check_certificate(judge, xb, yb, witnesses[s:s + batch_size], emp[s:s + batch_size],
+                                          cert[s:s + batch_size], norm, device)
+    found = np.isfinite(emp) & ~wrong
+    if found.any():  # every witness: in the box, and the judge really changed its verdict
+        check_ball(x[found], witnesses[found], emp[found], norm, tol=1e-5, who=f"radius[{judge.name}]")
+        with torch.no_grad(), eval_mode(*judge.modules):
+            for s in range(0, int(found.sum()), batch_size):
+                i = np.flatnonzero(found)[s:s + batch_size]
+                still = judge.changed(torch.from_numpy(witnesses[i]).to(device),
+                                      torch.from_numpy(np.asarray(y[i], np.int64)).to(device)).cpu().numpy()
+                if not still.all():
+                    raise ConstraintViolation(f"radius[{judge.name}]: {int((~still).sum())} witness(es) no longer "
+                                              "change the judge")
+    info = {**settings, "max_radius": hi_max, "seed": seed, "seconds": time.perf_counter() - t0,
+            "found": int(found.sum()), "not_found": int((~np.isfinite(emp)).sum()), "clean_wrong": int(wrong.sum())}
+    log.info("radii %s %s (%s): median empirical %.4g, %d without a witness, %d clean errors", judge.name, norm,
+             method, float(np.median(emp)), info["not_found"], info["clean_wrong"])
+    return Radii(norm, emp, cert, wrong, witnesses, checked, info)
+
+
+def _certified(judge: Judge, x: np.ndarray, y: np.ndarray, norm: str, batch_size: int,
+               device: str | torch.device) -> np.ndarray | None:
+    """(N,) the judge's certified radius (0 where it errs on x), or ``None`` without a certificate."""
+    out = []
+    with torch.no_grad(), eval_mode(*judge.modules):
+        for s in range(0, len(y), batch_size):
+            xb = torch.from_numpy(x[s:s + batch_size]).to(device)
+            yb = torch.from_numpy(np.asarray(y[s:s + batch_size], np.int64)).to(device)
+            cb = judge.certified_radius(xb, yb, norm)
+            if cb is None:
+                return None
+            out.append(np.where(judge.changed(xb, yb).cpu().numpy(), 0.0, cb.double().cpu().numpy()))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _bisection(judge: Judge, x: np.ndarray, y: np.ndarray, norm: str, iters: int, steps: int, restarts: int,
+               hi_max: float, cert: np.ndarray | None, seed: int, batch_size: int, device: str | torch.device,
+               show_progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-point geometric bisection over PGD probes (the module docstring); (radius, witnesses, wrong)."""
+    n = len(y)
     floor = hi_max / FLOOR_RATIO
     emp = np.full(n, np.inf)
-    cert: np.ndarray | None = None
     wrong = np.zeros(n, bool)
     witnesses = np.array(x, dtype=np.float32, copy=True)
-    checked = 0
-    t0 = time.perf_counter()
     with progress(show_progress) as bar, eval_mode(*judge.modules):
         task = bar.add_task(f"radius {judge.name} {norm}", total=n * (iters + 1), status="")
         for s in range(0, n, batch_size):
@@ -175,9 +244,7 @@ def robustness_radii(judge: Judge, x: np.ndarray, y: np.ndarray, norm: str, *, i
             yb = torch.from_numpy(np.asarray(y[s:s + batch_size], np.int64)).to(device)
             nb = len(yb)
             wb = judge.changed(xb, yb).cpu().numpy()
-            cb = judge.certified_radius(xb, yb, norm)
-            cb = None if cb is None else np.where(wb, 0.0, cb.double().cpu().numpy())
-            lo = np.full(nb, floor) if cb is None else np.maximum(cb, floor)
+            lo = np.full(nb, floor) if cert is None else np.maximum(cert[s:s + nb], floor)
             hi = np.full(nb, np.inf)
             for it in range(iters + 1):
                 if it == 0:
@@ -200,19 +267,7 @@ def robustness_radii(judge: Judge, x: np.ndarray, y: np.ndarray, norm: str, *, i
                 bar.advance(task, nb)
             emp[s:s + nb] = np.where(wb, 0.0, hi)
             wrong[s:s + nb] = wb
-            if cb is not None:
-                cert = np.zeros(n) if cert is None else cert
-                cert[s:s + nb] = cb
-                checked += _check_certificate(judge, xb, yb, witnesses[s:s + nb], emp[s:s + nb], cb, norm, device)
-    found = np.isfinite(emp) & ~wrong
-    if found.any():  # every witness: in the box, and the judge really changed its verdict
-        check_ball(x[found], witnesses[found], emp[found], norm, tol=1e-5, who=f"radius[{judge.name}]")
-    info = {"iters": iters, "steps": steps, "restarts": restarts, "max_radius": hi_max, "floor": floor,
-            "seed": seed, "seconds": time.perf_counter() - t0, "found": int(found.sum()),
-            "not_found": int((~np.isfinite(emp)).sum()), "clean_wrong": int(wrong.sum())}
-    log.info("radii %s %s: median empirical %.4g, %d without a witness, %d clean errors", judge.name, norm,
-             float(np.median(emp)), info["not_found"], info["clean_wrong"])
-    return Radii(norm, emp, cert, wrong, witnesses, checked, info)
+    return emp, witnesses, wrong
 
 
 def _check_certificate(judge: Judge, x: torch.Tensor, y: torch.Tensor, witnesses: np.ndarray, emp: np.ndarray,

@@ -34,9 +34,12 @@ class Judge(ABC):
         kind: its kind (``classifier``, ``knn``, ``robust``, ``lipschitz``, ``ensemble``).
         modules: the networks it runs (put in eval mode by the attacks).
         num_classes: K.
+        differentiable_logits: :meth:`logits` carries a gradient (a minimum-norm attack may then target
+            one class at a time); a vote does not.
     """
 
     num_classes: int = 0
+    differentiable_logits: bool = True
     name: str = "judge"
     kind: str = "judge"
     modules: tuple[nn.Module, ...] = ()

