@@ -227,7 +227,8 @@ def run(ctx: typer.Context,
                "start": f"[bold]▶ {stage}[/]"}.get(event) or f"[green]✓ {stage}[/] {rec.seconds:.1f} s")
 
     summary = run_pipeline(cfg, on_stage=on_stage, fresh=fresh)
-    _show(*text.run_summary(summary, cfg.seed))
+    if summary is not None:  # (None: a torchrun follower, which served rank 0's tasks)
+        _show(*text.run_summary(summary, cfg.seed))
 
 
 @app.command()

@@ -13,6 +13,7 @@ downstream of it.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -60,17 +61,41 @@ def build_stages(config: RunConfig, n_train: int, human_files: list[str] = ()) -
 
 
 def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], None] | None = None,
-        fresh: bool = False) -> dict[str, Any]:
+        fresh: bool = False) -> dict[str, Any] | None:
     """Run (or resume) the whole pipeline; returns the summary also written to ``summary.json``.
+
+    Under torchrun (:mod:`calib.distributed`) rank 0 runs the pipeline and returns the summary; the
+    other ranks serve its sharded tasks and return ``None``.
 
     The run folder is locked for the whole run (:class:`~calib.runfolder.RunLock`): a second writer
     fails at once with :class:`~calib.runfolder.RunFolderLocked`. ``fresh`` forgets every cached
     stage (once the lock is held) and recomputes everything.
     """
+    from calib import distributed as D
     from calib.device import resolve_device, set_threads
 
     t0 = time.perf_counter()
-    threads = set_threads(config.threads) if config.threads is not None else torch.get_num_threads()
+    w = D.init_from_env(config.device)
+    if w.parallel and config.threads is None and "CALIB_THREADS" not in os.environ:
+        threads = set_threads(max(1, (os.cpu_count() or 1) // w.size))  # the cores shared out between ranks
+    else:
+        threads = set_threads(config.threads) if config.threads is not None else torch.get_num_threads()
+    if not w.leader:  # a follower: the leader's tasks until it stops (it alone holds the lock and writes)
+        logging.getLogger("calib").setLevel(logging.WARNING)  # the leader reports
+        import calib.pipeline.sharded  # noqa: F401 - registers the tasks it serves
+
+        D.serve()
+        return None
+    try:
+        return _lead(config, on_stage, fresh, t0, threads)
+    finally:
+        D.stop_followers()
+
+
+def _lead(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], None] | None, fresh: bool,
+          t0: float, threads: int) -> dict[str, Any]:
+    from calib.device import resolve_device
+
     out = config.run_dir()
     with RunLock(out, "calib run"):  # another writer: fail at once, before loading anything
         pass
@@ -96,6 +121,13 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
         for stage in build_stages(config, len(splits.train), human_files):
             stage.run(ctx)
         return _summary(ctx, config, t0)
+
+
+def world_record() -> dict[str, Any]:
+    """How many processes ran the run (``world_size``) and over which backend."""
+    from calib.distributed import world
+
+    return world().describe()
 
 
 def _human_sets(config: RunConfig, ds: Any) -> tuple[list[str], np.ndarray]:
@@ -132,6 +164,7 @@ def _summary(ctx: StageContext, config: RunConfig, t0: float) -> dict[str, Any]:
         "report": str(ctx.file(A.REPORT)) if "report" in rec else None,
         "versions": versions(),
         "threads": torch.get_num_threads(),
+        **world_record(),
         "seconds": time.perf_counter() - t0,
         "compute_seconds": sum(r.seconds for r in ctx.cache.records),
     }

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import torch
 
+from calib.distributed import world
+
 from calib.errors import DataError
 from calib.io import sha256_file
 from calib.pipeline.cache import StageCache, StageRecord
@@ -81,6 +83,7 @@ class Stage:
     derived: Callable[[StageContext], dict[str, Any]] | None = None
     code: tuple[str | Callable[..., Any], ...] = ()
     tensors: bool = True  # whether it runs models (it then runs on the context's device)
+    world_dependent: bool = False  # its result depends on the torchrun world size (training with DDP)
 
     def __post_init__(self) -> None:
         if self.options is not None and not dataclasses.is_dataclass(self.options):
@@ -101,6 +104,7 @@ class Stage:
         return {"options": None if self.options is None else dataclasses.asdict(self.options),
                 "data": ctx.data_key(),
                 **({"threads": torch.get_num_threads()} if self.tensors else {}),
+                **({"world_size": world().size} if self.world_dependent and world().parallel else {}),
                 "reads": {rel: sha256_file(ctx.file(rel)) for rel in self.reads},
                 "derived": self.derived(ctx) if self.derived else None}
 

@@ -116,6 +116,16 @@ def fit(model: nn.Module, train: Dataset, loss_hook: LossHook, config: TrainConf
         raise ConfigError("fit() needs a concrete batch_size; the trainers fill in their default")
     device = resolve_device(config.device)
     model.to(device)
+    from calib.distributed import world
+
+    w = world()
+    net: nn.Module = model
+    if w.parallel:  # the same global batch, split over ranks; gradients averaged (docs/design.md)
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if not w.leader:
+            evaluate = None  # only the leader reports
     x_all = torch.from_numpy(train.images)
     y_all = torch.from_numpy(train.labels)
     n = len(train)
@@ -138,15 +148,17 @@ def fit(model: nn.Module, train: Dataset, loss_hook: LossHook, config: TrainConf
             total, count = 0.0, 0
             for start in range(0, n, config.batch_size):
                 idx = perm[start:start + config.batch_size]
-                if idx.numel() < 2:
+                if idx.numel() < 2 * w.size:
                     bar.advance(task)
                     continue
                 xb = random_shift(x_all[idx], max_shift, generator)
                 if augment is not None:
                     xb = augment(xb, generator)
-                xb = xb.to(device)
-                yb = y_all[idx].to(device)
-                loss = loss_hook(model, xb, yb)
+                yb = y_all[idx]
+                if w.parallel:  # every rank draws the whole batch's augmentation, then keeps its rows
+                    xb, yb, idx = xb[w.rank::w.size], yb[w.rank::w.size], idx[w.rank::w.size]
+                xb, yb = xb.to(device), yb.to(device)
+                loss = loss_hook(net, xb, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

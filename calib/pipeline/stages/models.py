@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -63,11 +63,37 @@ class TrainOptions:
     subset: bool = False
     robust: RobustEmbeddingConfig | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "TrainOptions":
+        tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+        emb = d.get("embedding")
+        rob = d.get("robust")
+        return cls(**{**{k: tup(v) for k, v in d.items()},
+                      "embedding": None if emb is None else EmbeddingOptions(**emb),
+                      "robust": None if rob is None else RobustEmbeddingConfig(**{k: tup(v) for k, v in rob.items()})})
+
 
 def train_model(ctx: StageContext, o: TrainOptions) -> dict[str, Any]:
+    from calib.pipeline.sharded import train
+
+    m = train(ctx, o, ctx.progress)  # every rank under torchrun; only this one (the leader) saves
+    ctx.forget_models()
+    saved = m.save(ctx.file(A.model(o.stem)[1]))
+    return {"metrics": m.metrics, "weights_sha256": saved["weights_sha256"], "training_seconds": m.training["seconds"]}
+
+
+def fit_model(folder: Any, o: TrainOptions, progress: bool = False) -> Any:
+    """Train model ``o`` on ``folder``'s split (a :class:`~calib.runfolder.RunFolder`); the trained model."""
     from calib.train import TrainConfig, train_classifier, train_embedding
 
-    t = TrainConfig(epochs=o.epochs, seed=o.seed, augment=o.augment, device=ctx.device, progress=ctx.progress)
+    from calib.distributed import rank_device
+
+    t = TrainConfig(epochs=o.epochs, seed=o.seed, augment=o.augment, device=rank_device(folder.device),
+                    progress=progress)
+    ctx = folder
     s = ctx.splits
     if o.embedding is None:
         m = train_classifier(s.train, t, validation=s.calibration, test=s.test, split_seed=o.split_seed)
@@ -81,9 +107,7 @@ def train_model(ctx: StageContext, o: TrainOptions) -> dict[str, Any]:
                             adversarial=o.robust.mix() if o.robust is not None else None, **kwargs)
         if o.subset:
             m.data["train_parent_fingerprint"] = s.train.fingerprint
-    ctx.forget_models()
-    saved = m.save(ctx.file(A.model(o.stem)[1]))
-    return {"metrics": m.metrics, "weights_sha256": saved["weights_sha256"], "training_seconds": m.training["seconds"]}
+    return m
 
 
 @dataclass(frozen=True)
@@ -165,5 +189,6 @@ def model_stages(config: RunConfig, n_train: int) -> list[Stage]:
     else:
         first = Stage("classifier", train_model,
                       TrainOptions("classifier", config.epochs("classifier", n_train), seed, split_seed=seed),
-                      A.model("classifier"), code=CODE["classifier"])
-    return [first] + [Stage(stem, train_model, o, A.model(stem), code=CODE[stem]) for stem, o in plans.items()]
+                      A.model("classifier"), code=CODE["classifier"], world_dependent=True)
+    return [first] + [Stage(stem, train_model, o, A.model(stem), code=CODE[stem], world_dependent=True)
+                      for stem, o in plans.items()]

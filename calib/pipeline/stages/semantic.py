@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from calib.budgets.semantic import Radii, merge_invariance, robustness_radii, save_radii
+from calib.budgets.semantic import Radii, merge_invariance, save_radii
 from calib.io import to_jsonable, write_json
 from calib.judges import MODEL_OF, Judge, JudgeConfig
 from calib.pipeline.config import RunConfig, SemanticConfig
@@ -26,28 +26,30 @@ def query_part(folder: RunFolder, pair: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure_radii(folder: RunFolder, judge: Judge, pair: str, config: SemanticConfig, *, seed: int,
-                  progress: bool = True) -> tuple[dict[str, Radii], np.ndarray, np.ndarray, dict[str, Any]]:
+                  progress: bool = True, judge_config: JudgeConfig | None = None) -> tuple[dict[str, Radii], np.ndarray, np.ndarray, dict[str, Any]]:
     """At the query points of ``pair``, per norm of ``config``: the judge's invariance radius toward the
     nearest training image of each other class and its robustness radius (an attack, warm-started from
     the invariance witnesses), merged (an invariance witness closer than the attack's best replaces it),
     and the relabel curve; returns
     (norm -> Radii, dataset indices, labels, norm -> relabel document)."""
     from calib.budgets.alignment import invariance_targets
-    from calib.budgets.invariance import invariance_radii, relabel_curve, union_rate
+    from calib.budgets.invariance import relabel_curve, union_rate
+    from calib.pipeline import sharded
 
+    judge_config = judge_config or folder.judge_config()
     idx, y = query_part(folder, pair)
     x = folder.dataset.images[idx]
     ref = folder.split("train")
     images, targets, aligned = invariance_targets(x, y, ref.images, ref.labels, len(folder.class_names),
                                                   config.align_grid())
     radii, curves = {}, {}
-    for norm in config.norms:
-        inv = invariance_radii(judge, x, y, images, targets, norm, iters=config.invariance_iters,
-                               device=folder.device, show_progress=progress)
+    for norm in config.norms:  # (sharded by point under torchrun: calib.pipeline.sharded)
+        inv = sharded.invariance(folder, judge, judge_config, x, y, images, targets, norm, config.invariance_iters,
+                                 progress)
         start = np.where(np.isfinite(inv.radius) & (inv.radius > 0), 0.0, np.nan)[:, None, None, None] + inv.witnesses
-        adv = robustness_radii(judge, x, y, norm, method=config.method, iters=config.iters, steps=config.steps,
-                               restarts=config.restarts, fmn_steps=config.fmn_steps, fmn_targets=config.fmn_targets,
-                               start=start.astype(np.float32), seed=seed, device=folder.device, show_progress=progress)
+        adv = sharded.adversarial(folder, judge, judge_config, x, y, norm, start.astype(np.float32), seed, progress,
+                                  method=config.method, iters=config.iters, steps=config.steps,
+                                  restarts=config.restarts, fmn_steps=config.fmn_steps, fmn_targets=config.fmn_targets)
         radii[norm] = merge_invariance(adv, inv)
         inv.info["targets"] = aligned
         curves[norm] = relabel_curve(judge, x, y, images, targets, norm, folder.class_names,
@@ -80,7 +82,8 @@ class SemanticOptions:
 
 def compute(ctx: StageContext, o: SemanticOptions) -> dict[str, Any]:
     judge = ctx.judge(o.judge.name, o.judge)
-    radii, idx, y, curves = measure_radii(ctx, judge, o.pair, o.semantic, seed=o.seed, progress=ctx.progress)
+    radii, idx, y, curves = measure_radii(ctx, judge, o.pair, o.semantic, seed=o.seed, progress=ctx.progress,
+                                          judge_config=o.judge)
     save_measured(ctx, o.judge.name, radii, idx, y, judge, curves)
     info: dict[str, Any] = {"judge": judge.describe()}
     for norm, r in radii.items():  # (per-class budgets depend on q and s: they live in the table)
@@ -110,5 +113,5 @@ def semantic_stage(config: RunConfig, name: str) -> Stage:
     outputs = (*A.semantic(name), *(A.relabel(name, norm) for norm in config.semantic.norms))
     return Stage(f"semantic-{name}", compute, o, outputs, reads=judge_reads(o.judge),
                  code=("calib.budgets.semantic", "calib.budgets.invariance", "calib.budgets.alignment",
-                       "calib.budgets.minnorm", "calib.perturb.fmn", measure_radii,
+                       "calib.budgets.minnorm", "calib.perturb.fmn", "calib.pipeline.sharded", measure_radii,
                        query_part, save_measured, *JUDGE_CODE))

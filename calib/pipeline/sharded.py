@@ -1,0 +1,216 @@
+"""The run's data-parallel tasks (:mod:`calib.distributed`): a judge's invariance and adversarial radii
+sharded by point, and model training with DistributedDataParallel. With one process each function is
+the plain computation; under torchrun the leader submits it and every rank runs its share."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from calib import distributed as D
+
+if TYPE_CHECKING:
+    from calib.budgets.invariance import Invariance
+    from calib.budgets.semantic import Radii
+    from calib.judges import Judge, JudgeConfig
+    from calib.runfolder import RunFolder
+
+#: judges a follower built, by (run folder, judge name, judge config): built once per run
+_JUDGES: dict[tuple[str, str, str], Any] = {}
+
+
+def _judge_key(folder_path: str, name: str, config: JudgeConfig) -> tuple[str, str, str]:
+    return str(folder_path), name, json.dumps(asdict(config), sort_keys=True)
+
+
+def _judge_of(header: dict[str, Any]) -> Judge:
+    from calib.judges import JudgeConfig
+    from calib.runfolder import RunFolder
+
+    cfg = header["judge_config"]
+    config = JudgeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    key = _judge_key(header["run"], header["judge"], config)
+    if key not in _JUDGES:
+        folder = RunFolder.open(header["run"], device=D.rank_device(header["device"]))
+        _JUDGES[key] = folder.judge(header["judge"], config)
+    return _JUDGES[key]
+
+
+def _header(folder: RunFolder, judge: Judge, config: JudgeConfig) -> dict[str, Any]:
+    _JUDGES[_judge_key(str(folder.path), judge.name, config)] = judge  # the leader's own, not rebuilt
+    return {"run": str(folder.path), "judge": judge.name, "judge_config": asdict(config), "device": folder.device}
+
+
+# ---- invariance radii ------------------------------------------------------------------------------------
+@D.point_task("invariance-radii")
+def _invariance_chunk(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from calib.budgets.invariance import invariance_radii
+
+    judge = _judge_of(h)
+    inv = invariance_radii(judge, a["x"], a["y"], a["images"], a["targets"], h["norm"], iters=h["iters"],
+                           device=D.rank_device(h["device"]))
+    return ({"radius": inv.radius, "target_class": inv.target_class, "witnesses": inv.witnesses,
+             "clean_wrong": inv.clean_wrong}, inv.info)
+
+
+def invariance(folder: RunFolder, judge: Judge, config: JudgeConfig, x: np.ndarray, y: np.ndarray,
+               images: np.ndarray, targets: np.ndarray, norm: str, iters: int, progress: bool) -> Invariance:
+    """:func:`calib.budgets.invariance.invariance_radii`, sharded by point under torchrun."""
+    from calib.budgets.invariance import Invariance, invariance_radii
+
+    if not D.world().parallel:
+        return invariance_radii(judge, x, y, images, targets, norm, iters=iters, device=folder.device,
+                                show_progress=progress)
+    t0 = time.perf_counter()
+    # the targets index into images: each chunk gets its own rows of aligned targets, or the shared set
+    shared = len(images) != targets.size
+    arrays = {"x": x, "y": y, "targets": targets}
+    if shared:
+        header = {**_header(folder, judge, config), "norm": norm, "iters": iters, "shared_images": True}
+        out = _map_shared(header, arrays, images)
+    else:
+        local = np.arange(targets.size, dtype=np.int64).reshape(targets.shape) - \
+            (np.arange(len(x))[:, None] * targets.shape[1])
+        local[targets < 0] = -1
+        arrays |= {"targets": local, "images": images.reshape(len(x), targets.shape[1], *images.shape[1:])}
+        out = D.map_points("invariance-radii-aligned", {**_header(folder, judge, config), "norm": norm,
+                                                          "iters": iters}, arrays)
+    info = D.merge_info(out.pop("__info__"), time.perf_counter() - t0)
+    return Invariance(norm, out["radius"], out["target_class"], out["witnesses"], out["clean_wrong"].astype(bool), info)
+
+
+def _map_shared(header: dict[str, Any], arrays: dict[str, np.ndarray], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Points sharded, the reference images every rank needs sent once with them (only the targets used)."""
+    used = np.unique(arrays["targets"][arrays["targets"] >= 0])
+    remap = np.full(len(images), -1, np.int64)
+    remap[used] = np.arange(len(used))
+    t = np.where(arrays["targets"] >= 0, remap[np.maximum(arrays["targets"], 0)], -1)
+    n = len(arrays["x"])
+    per_point = {**arrays, "targets": t}
+    # the shared images go to every rank as one block in the header's arrays, not per chunk
+    results = D.submit("invariance-radii-shared", {**header, "n": n},
+                       {**{f"p/{k}": v for k, v in per_point.items()}, "images": images[used]})
+    return _collect(results, n)
+
+
+def _collect(results: list[tuple[dict[str, Any], dict[str, np.ndarray]]], n: int) -> dict[str, np.ndarray]:
+    chunks: dict[int, dict[str, np.ndarray]] = {}
+    infos: dict[int, Any] = {}
+    for h, a in results:
+        for b in h["chunks"]:
+            chunks[b] = {k.split("/", 1)[1]: v for k, v in a.items() if k.startswith(f"{b}/")}
+            infos[b] = h["infos"][str(b)]
+    order = sorted(chunks)
+    if order != list(range(-(-n // D.CHUNK))):
+        raise AssertionError(f"chunks {order} do not cover {n} points")  # a bug
+    out = {k: np.concatenate([chunks[b][k] for b in order]) for k in chunks[order[0]]}
+    out["__info__"] = [infos[b] for b in order]
+    return out
+
+
+def _shared_task(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    points = {k[2:]: v for k, v in a.items() if k.startswith("p/")}
+    out: dict[str, np.ndarray] = {}
+    infos: dict[str, Any] = {}
+    mine = D.my_chunks(int(h["n"]))
+    for b in mine:
+        part = {k: v[b * D.CHUNK:(b + 1) * D.CHUNK] for k, v in points.items()}
+        res, info = _invariance_chunk(h, {**part, "images": a["images"]})
+        out |= {f"{b}/{k}": v for k, v in res.items()}
+        infos[str(b)] = info
+    return {"chunks": mine, "infos": infos}, out
+
+
+D.TASKS["invariance-radii-shared"] = _shared_task
+
+
+@D.point_task("invariance-radii-aligned")
+def _aligned_chunk(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    n, k = a["targets"].shape
+    images = a["images"].reshape(n * k, *a["images"].shape[2:])
+    t = np.where(a["targets"] >= 0, a["targets"] + np.arange(n)[:, None] * k, -1)
+    return _invariance_chunk(h, {"x": a["x"], "y": a["y"], "images": images, "targets": t})
+
+
+# ---- adversarial radii ----------------------------------------------------------------------------------
+@D.point_task("adversarial-radii")
+def _adversarial_chunk(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from calib.budgets.semantic import robustness_radii
+
+    r = robustness_radii(_judge_of(h), a["x"], a["y"], h["norm"], start=a["start"], seed=h["seed"],
+                         device=D.rank_device(h["device"]), **h["settings"])
+    out = {"empirical": r.empirical, "clean_wrong": r.clean_wrong, "witnesses": r.witnesses}
+    if r.certified is not None:
+        out["certified"] = r.certified
+    return out, {**r.info, "checked": r.checked}
+
+
+def adversarial(folder: RunFolder, judge: Judge, config: JudgeConfig, x: np.ndarray, y: np.ndarray, norm: str,
+                start: np.ndarray, seed: int, progress: bool, **settings: Any) -> Radii:
+    """:func:`calib.budgets.semantic.robustness_radii`, sharded by point under torchrun (each chunk a whole
+    number of its batches, seeded per batch: the same radii as one process)."""
+    from calib.budgets.semantic import Radii, robustness_radii
+
+    if not D.world().parallel:
+        return robustness_radii(judge, x, y, norm, start=start, seed=seed, device=folder.device,
+                                show_progress=progress, **settings)
+    t0 = time.perf_counter()
+    out = D.map_points("adversarial-radii", {**_header(folder, judge, config), "norm": norm, "seed": seed,
+                                             "settings": settings}, {"x": x, "y": y, "start": start})
+    infos = out.pop("__info__")
+    info = D.merge_info(infos, time.perf_counter() - t0)
+    checked = int(info.pop("checked", 0))
+    return Radii(norm, out["empirical"], out.get("certified"), out["clean_wrong"].astype(bool), out["witnesses"],
+                 checked, info)
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+@D.task("train")
+def _train_task(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from calib.pipeline.stages.models import TrainOptions, fit_model
+    from calib.runfolder import RunFolder
+
+    _JUDGES.clear()  # a model changes: judges built on the old one are stale
+    if D.world().leader:
+        return {}, {}  # the leader trains in :func:`train` (it keeps the model)
+    try:
+        folder = RunFolder.open(h["run"], device=D.rank_device(h["device"]))
+        fit_model(folder, TrainOptions.from_json(h["options"]), progress=False)
+    except Exception as exc:  # the leader waits inside DistributedDataParallel: end this rank, torchrun ends all
+        import logging
+        import os
+
+        logging.getLogger(__name__).error("rank %d failed in training: %s: %s", D.world().rank,
+                                          type(exc).__name__, exc)
+        os._exit(1)
+    return {}, {}
+
+
+def train(folder: RunFolder, options: Any, progress: bool) -> Any:
+    """:func:`calib.pipeline.stages.models.fit_model` on every rank (DistributedDataParallel); the
+    leader's trained model."""
+    from calib.pipeline.stages.models import fit_model
+
+    if not D.world().parallel:
+        return fit_model(folder, options, progress=progress)
+    D.broadcast_bytes(D.pack({"task": "train", "run": str(folder.path), "device": folder.device,
+                              "options": options.to_json()}))
+    _JUDGES.clear()
+    try:
+        model = fit_model(folder, options, progress=progress)
+        mine = D.pack({"ok": True})
+    except Exception as exc:
+        model, mine = None, D.pack({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    results = [D.unpack(b)[0] for b in D.gather_bytes(mine)]
+    bad = [(r, h["error"]) for r, h in enumerate(results) if not h.get("ok")]
+    if bad:
+        from calib.errors import CalibError
+
+        raise CalibError(f"rank {bad[0][0]} of {D.world().size} failed in training: {bad[0][1]}")
+    return model
+
+
+__all__ = ["invariance", "adversarial", "train"]

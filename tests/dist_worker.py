@@ -1,0 +1,61 @@
+"""Run by tests/test_distributed.py under torchrun (2 ranks, gloo): not a test module itself."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from calib import distributed as D
+from calib.errors import CalibError
+
+
+@D.task("fail-on-rank-1")
+def _fail(header, arrays):
+    if D.world().rank == 1:
+        raise ValueError("rank one refuses")
+    return {}, {}
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    torch.set_num_threads(1)
+    w = D.init_from_env("cpu")
+    from calib.pipeline import sharded
+
+    if not w.leader:
+        D.serve()
+        return
+    try:
+        if mode == "fail":
+            try:
+                D.submit("fail-on-rank-1", {})
+            except CalibError as exc:
+                print("CAUGHT", exc)
+            return
+        from calib.budgets.invariance import invariance_radii, nearest_targets
+        from calib.budgets.semantic import robustness_radii
+        from calib.runfolder import open_run
+
+        run = open_run(sys.argv[2])
+        judge = run.judge("knn")
+        cal, tr = run.split("calibration"), run.split("train")
+        x, y = cal.images, cal.labels
+        targets = nearest_targets(x, y, tr.images, tr.labels, 10)
+        for norm in ("linf", "l2"):
+            one = invariance_radii(judge, x, y, tr.images, targets, norm, iters=4)
+            many = sharded.invariance(run, judge, run.judge_config(), x, y, tr.images, targets, norm, 4, False)
+            assert np.array_equal(one.radius, many.radius) and np.array_equal(one.witnesses, many.witnesses)
+            assert np.array_equal(one.target_class, many.target_class)
+            assert many.info["chunks"] == -(-len(y) // D.CHUNK) and many.info["world_size"] == 2
+            a1 = robustness_radii(judge, x, y, norm, method="fmn", fmn_steps=5, start=one.witnesses)
+            a2 = sharded.adversarial(run, judge, run.judge_config(), x, y, norm, one.witnesses, 0, False,
+                                     method="fmn", fmn_steps=5)
+            assert np.array_equal(a1.empirical, a2.empirical) and np.array_equal(a1.witnesses, a2.witnesses)
+            print("IDENTICAL", norm, len(y), many.info["chunks"])
+    finally:
+        D.stop_followers()
+
+
+if __name__ == "__main__":
+    main()

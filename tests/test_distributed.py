@@ -1,0 +1,41 @@
+"""torchrun with 2 gloo ranks: sharded radii equal one process's; a failing rank ends the task in one line;
+messages carry no pickles."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calib.distributed import pack, unpack
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+
+def _torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(WORKER), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_messages_round_trip_without_pickles():
+    h, a = unpack(pack({"task": "x", "n": 3}, {"a": np.arange(3), "b": np.ones((2, 2), np.float32)}))
+    assert h == {"task": "x", "n": 3} and a["a"].tolist() == [0, 1, 2] and a["b"].dtype == np.float32
+    with pytest.raises(ValueError):
+        unpack(pack({}, {"o": np.array([{"evil": 1}], dtype=object)}))  # object arrays need pickle: refused
+
+
+def test_sharded_radii_equal_one_process(tiny_run):
+    res = _torchrun("radii", str(tiny_run[0]))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("IDENTICAL") == 2, res.stdout
+
+
+def test_a_failing_rank_ends_the_task_with_one_line_naming_it():
+    res = _torchrun("fail")
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = [ln for ln in res.stdout.splitlines() if ln.startswith("CAUGHT")]
+    assert line == ["CAUGHT rank 1 of 2 failed in task fail-on-rank-1: ValueError: rank one refuses"]
