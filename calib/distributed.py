@@ -219,11 +219,17 @@ def my_chunks(n: int, chunk: int = CHUNK) -> list[int]:
 
 
 def map_points(name: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Leader: per-point task ``name`` over the rows of ``arrays`` (each (N, ...)), sharded by chunk;
+    """Leader: per-point task ``name`` over the rows of ``arrays`` (each (N, ...), except those named in
+    ``header["shared"]``, which every chunk gets whole), sharded by chunk;
     returns its per-point result arrays in the original order and, under ``"__info__"``, each chunk's
     info dict (a JSON string array)."""
-    n = len(next(iter(arrays.values())))
-    results = submit(name, {**header, "n": n}, arrays)
+    shared = set(header.get("shared", ()))
+    n = len(next(v for k, v in arrays.items() if k not in shared))
+    return collect(submit(name, {**header, "n": n}, arrays), n, name)
+
+
+def collect(results: list[tuple[dict[str, Any], dict[str, np.ndarray]]], n: int, name: str) -> dict[str, np.ndarray]:
+    """The chunks of a per-point task's results put back in order (see :func:`map_points`)."""
     chunks: dict[int, dict[str, np.ndarray]] = {}
     infos: dict[int, dict[str, Any]] = {}
     for h, a in results:
@@ -247,8 +253,9 @@ def point_task(name: str):
             out: dict[str, np.ndarray] = {}
             infos: dict[str, Any] = {}
             mine = my_chunks(int(header["n"]))
+            shared = set(header.get("shared", ()))
             for b in mine:
-                part = {k: v[b * CHUNK:(b + 1) * CHUNK] for k, v in arrays.items()}
+                part = {k: v if k in shared else v[b * CHUNK:(b + 1) * CHUNK] for k, v in arrays.items()}
                 res, info = fn(header, part)
                 out |= {f"{b}/{k}": v for k, v in res.items()}
                 infos[str(b)] = info
@@ -276,4 +283,4 @@ def elapsed(t0: float) -> float:
 
 
 __all__ = ["World", "world", "init_from_env", "shutdown", "submit", "serve", "stop_followers", "map_points",
-           "point_task", "task", "merge_info", "pack", "unpack", "CHUNK", "rank_device"]
+           "point_task", "task", "merge_info", "collect", "pack", "unpack", "CHUNK", "rank_device"]

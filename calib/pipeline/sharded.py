@@ -83,48 +83,13 @@ def invariance(folder: RunFolder, judge: Judge, config: JudgeConfig, x: np.ndarr
 
 
 def _map_shared(header: dict[str, Any], arrays: dict[str, np.ndarray], images: np.ndarray) -> dict[str, np.ndarray]:
-    """Points sharded, the reference images every rank needs sent once with them (only the targets used)."""
+    """Points sharded; the reference images they move toward (only those used) go whole to every chunk."""
     used = np.unique(arrays["targets"][arrays["targets"] >= 0])
     remap = np.full(len(images), -1, np.int64)
     remap[used] = np.arange(len(used))
     t = np.where(arrays["targets"] >= 0, remap[np.maximum(arrays["targets"], 0)], -1)
-    n = len(arrays["x"])
-    per_point = {**arrays, "targets": t}
-    # the shared images go to every rank as one block in the header's arrays, not per chunk
-    results = D.submit("invariance-radii-shared", {**header, "n": n},
-                       {**{f"p/{k}": v for k, v in per_point.items()}, "images": images[used]})
-    return _collect(results, n)
-
-
-def _collect(results: list[tuple[dict[str, Any], dict[str, np.ndarray]]], n: int) -> dict[str, np.ndarray]:
-    chunks: dict[int, dict[str, np.ndarray]] = {}
-    infos: dict[int, Any] = {}
-    for h, a in results:
-        for b in h["chunks"]:
-            chunks[b] = {k.split("/", 1)[1]: v for k, v in a.items() if k.startswith(f"{b}/")}
-            infos[b] = h["infos"][str(b)]
-    order = sorted(chunks)
-    if order != list(range(-(-n // D.CHUNK))):
-        raise AssertionError(f"chunks {order} do not cover {n} points")  # a bug
-    out = {k: np.concatenate([chunks[b][k] for b in order]) for k in chunks[order[0]]}
-    out["__info__"] = [infos[b] for b in order]
-    return out
-
-
-def _shared_task(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    points = {k[2:]: v for k, v in a.items() if k.startswith("p/")}
-    out: dict[str, np.ndarray] = {}
-    infos: dict[str, Any] = {}
-    mine = D.my_chunks(int(h["n"]))
-    for b in mine:
-        part = {k: v[b * D.CHUNK:(b + 1) * D.CHUNK] for k, v in points.items()}
-        res, info = _invariance_chunk(h, {**part, "images": a["images"]})
-        out |= {f"{b}/{k}": v for k, v in res.items()}
-        infos[str(b)] = info
-    return {"chunks": mine, "infos": infos}, out
-
-
-D.TASKS["invariance-radii-shared"] = _shared_task
+    return D.map_points("invariance-radii", {**header, "shared": ["images"]},
+                        {**arrays, "targets": t, "images": images[used]})
 
 
 @D.point_task("invariance-radii-aligned")
