@@ -265,16 +265,29 @@ def point_task(name: str):
     return deco
 
 
+#: integer settings (the same in every chunk), not counts to add up
+SETTINGS = ("iters", "steps", "restarts", "seed", "targets", "transforms", "invariance_iters")
+
+
 def merge_info(infos: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """One info dict from the chunks': counts added, settings from the first chunk, the leader's wall time."""
-    out = dict(infos[0]) if infos else {}
-    for k, v in out.items():
-        if isinstance(v, int) and not isinstance(v, bool) and k not in ("iters", "steps", "restarts", "seed",
-                                                                          "targets", "transforms"):
-            out[k] = sum(int(i.get(k, 0)) for i in infos)
+    """One info dict from the chunks' (as one process would have written it): counts added at every
+    level, settings from the first chunk, and the leader's wall time for the whole task."""
+    out = _merge(infos)
     out["seconds"] = seconds
     out["chunks"] = len(infos)
     out["world_size"] = world().size
+    return out
+
+
+def _merge(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    out = dict(infos[0]) if infos else {}
+    for k, v in out.items():
+        if isinstance(v, dict):
+            out[k] = _merge([i.get(k) or {} for i in infos])
+        elif isinstance(v, int) and not isinstance(v, bool) and k not in SETTINGS:
+            out[k] = sum(int(i.get(k, 0)) for i in infos)
+        elif k == "seconds":
+            out[k] = sum(float(i.get(k, 0.0)) for i in infos)  # compute time over all ranks
     return out
 
 

@@ -52,12 +52,15 @@ def main() -> None:
             a2 = sharded.adversarial(run, judge, run.judge_config(), x, y, norm, one.witnesses, 0, False,
                                      method="fmn", fmn_steps=5)
             assert np.array_equal(a1.empirical, a2.empirical) and np.array_equal(a1.witnesses, a2.witnesses)
+            for key in ("found", "not_found", "clean_wrong"):  # the counts one process would record
+                assert many.info[key] == one.info[key] and a2.info[key] == a1.info[key], key
+                assert a2.info["fmn"][key] == a1.info["fmn"][key], key
             print("IDENTICAL", norm, len(y), many.info["chunks"])
         from calib.budgets.alignment import AlignGrid, aligned_targets
 
         images, at, _ = aligned_targets(x, y, tr.images, tr.labels, 10, AlignGrid(rotations=(0.0, 10.0), shifts=(0.0,)))
         one = invariance_radii(judge, x, y, images, at, "linf", iters=4)
-        many = sharded.invariance(run, judge, run.judge_config(), x, y, images, at, "linf", 4, False)
+        many = sharded.invariance(run, judge, run.judge_config(), x, y, images, at, "linf", 4, False, aligned=True)
         assert np.array_equal(one.radius, many.radius) and np.array_equal(one.witnesses, many.witnesses)
         print("IDENTICAL aligned", len(y))
     finally:

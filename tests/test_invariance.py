@@ -13,6 +13,7 @@ from calib.budgets.intervals import class_intervals, order_ranks, quantile_inter
 from calib.budgets.invariance import (invariance_radii, nearest_targets, path_point, relabel_curve, removed_ink,
                                       union_rate)
 from calib.budgets.semantic import Radii, merge_invariance
+from calib.perturb.invariants import VERDICT_GUARD
 from calib.judges.base import Judge
 from calib.perturb.invariants import ConstraintViolation
 
@@ -99,7 +100,8 @@ def test_invariance_radius_against_the_closed_form(norm):
     step = {"linf": 0.05, "l2": 0.25}[norm]
     assert np.isfinite(exact).all() and (inv.target_class == 1).all()
     assert (inv.radius >= exact - 1e-5).all()  # an upper bound: never below the exact radius
-    assert (inv.radius <= exact + step / 2 ** 10 + 1e-5).all()  # and tight to the grid step / 2^iters
+    # and tight to the grid step / 2^iters, plus the verdict guard (a witness stops 0.1 % past the change)
+    assert (inv.radius <= exact * (1 + VERDICT_GUARD) + step / 2 ** 10 + 1e-5).all()
     assert not inv.clean_wrong.any() and inv.info["not_found"] == 0
 
 

@@ -34,7 +34,7 @@ import torch
 
 from calib.errors import ConfigError
 from calib.judges.base import Judge
-from calib.perturb.invariants import ConstraintViolation, check_ball, perturbation_norms
+from calib.perturb.invariants import VERDICT_GUARD, ConstraintViolation, check_ball, perturbation_norms
 from calib.perturb.pgd import eval_mode
 from calib.progress import progress
 
@@ -172,7 +172,7 @@ def invariance_radii(judge: Judge, x: np.ndarray, y: np.ndarray, ref: np.ndarray
                 if hit.size:
                     done_points = np.unique(rows_i[hit])
                     r, w = _bisect(judge, xr, tr, yr, hit, lo[hit], np.minimum(eps, end[hit]), norm, iters)
-                    evaluated += hit.size * iters
+                    evaluated += hit.size * (iters + (1 if iters else 0))
                     for p in done_points:
                         mine = rows_i[hit] == p
                         j = int(np.argmin(r[mine]))
@@ -206,11 +206,15 @@ def _bisect(judge: Judge, xr: torch.Tensor, tr: torch.Tensor, yr: torch.Tensor, 
     radius) and the witness."""
     lo, hi = lo.astype(np.float64).copy(), hi.astype(np.float64).copy()
     x, t, y = xr[rows], tr[rows], yr[rows]
+    grid_hi = hi.copy()
     for _ in range(iters):
         mid = (lo + hi) / 2
         ch = _changed(judge, x, t, y, mid, norm)
         hi = np.where(ch, mid, hi)
         lo = np.where(ch, lo, mid)
+    if iters:  # stop VERDICT_GUARD past the last change seen (else keep the grid point, which changed)
+        guarded = np.minimum(hi * (1 + VERDICT_GUARD), grid_hi)
+        hi = np.where(_changed(judge, x, t, y, guarded, norm), guarded, grid_hi)
     with torch.no_grad():
         w = path_point(x, t, torch.from_numpy(hi).to(x.device, torch.float32), norm)
         dist = perturbation_norms(x, w, norm).double().cpu().numpy()

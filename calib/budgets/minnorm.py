@@ -28,7 +28,7 @@ import torch
 from calib.errors import ConfigError
 from calib.judges.base import Judge, top_other
 from calib.perturb.fmn import fmn
-from calib.perturb.invariants import ConstraintViolation, check_ball, perturbation_norms
+from calib.perturb.invariants import VERDICT_GUARD, ConstraintViolation, check_ball, perturbation_norms
 from calib.perturb.pgd import eval_mode
 from calib.progress import progress
 
@@ -62,15 +62,10 @@ def nearest_boundaries(judge: Judge, x: torch.Tensor, y: torch.Tensor, norm: str
     return torch.stack(est, 1).masked_fill(own, math.inf).topk(k, dim=1, largest=False).indices
 
 
-#: a shortened witness stops this far (relative) past the last change the bisection saw, so its verdict
-#: does not hang on float rounding that differs with the batch a point is evaluated in
-RAY_GUARD = 1e-3
-
-
 @torch.no_grad()
 def shorten_along_ray(judge: Judge, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, iters: int = 10) -> torch.Tensor:
     """Each verified witness ``w`` moved to ``x + t (w - x)``, t in (0, 1] found by bisection on the
-    judge's verdict, then ``(1 + RAY_GUARD) t`` (the segment stays in the box). A point whose verdict
+    judge's verdict, then ``(1 + VERDICT_GUARD) t`` (the segment stays in the box). A point whose verdict
     does not hold at that t (rounding) keeps ``w``: the result is always a witness the judge confirmed."""
     lo = torch.zeros(len(x), device=x.device)
     hi = torch.ones(len(x), device=x.device)
@@ -81,7 +76,7 @@ def shorten_along_ray(judge: Judge, x: torch.Tensor, y: torch.Tensor, w: torch.T
         ch = judge.changed(x + mid.view(shape) * d, y)
         hi = torch.where(ch, mid, hi)
         lo = torch.where(ch, lo, mid)
-    t = torch.clamp(hi * (1 + RAY_GUARD), max=1.0)
+    t = torch.clamp(hi * (1 + VERDICT_GUARD), max=1.0)
     out = x + t.view(shape) * d
     keep = judge.changed(out, y)
     return torch.where(keep.view(shape), out, w)

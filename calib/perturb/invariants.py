@@ -11,6 +11,9 @@ import torch
 from calib.errors import InternalError
 
 NORM_ORDERS = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}
+#: a witness found by bisection on a verdict stops this far (relative) past the last change seen, so
+#: that re-asking the judge, in a batch of another size (float rounding), gives the same verdict
+VERDICT_GUARD = 1e-3
 
 
 class ConstraintViolation(InternalError):

@@ -57,8 +57,11 @@ def _invariance_chunk(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict
 
 
 def invariance(folder: RunFolder, judge: Judge, config: JudgeConfig, x: np.ndarray, y: np.ndarray,
-               images: np.ndarray, targets: np.ndarray, norm: str, iters: int, progress: bool) -> Invariance:
-    """:func:`calib.budgets.invariance.invariance_radii`, sharded by point under torchrun."""
+               images: np.ndarray, targets: np.ndarray, norm: str, iters: int, progress: bool,
+               aligned: bool = False) -> Invariance:
+    """:func:`calib.budgets.invariance.invariance_radii`, sharded by point under torchrun. ``aligned``:
+    ``images`` holds K targets per point (:func:`calib.budgets.alignment.aligned_targets`), not a shared
+    reference set."""
     from calib.budgets.invariance import Invariance, invariance_radii
 
     if not D.world().parallel:
@@ -66,9 +69,8 @@ def invariance(folder: RunFolder, judge: Judge, config: JudgeConfig, x: np.ndarr
                                 show_progress=progress)
     t0 = time.perf_counter()
     # the targets index into images: each chunk gets its own rows of aligned targets, or the shared set
-    shared = len(images) != targets.size
     arrays = {"x": x, "y": y, "targets": targets}
-    if shared:
+    if not aligned:
         header = {**_header(folder, judge, config), "norm": norm, "iters": iters, "shared_images": True}
         out = _map_shared(header, arrays, images)
     else:

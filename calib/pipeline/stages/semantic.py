@@ -45,7 +45,7 @@ def measure_radii(folder: RunFolder, judge: Judge, pair: str, config: SemanticCo
     radii, curves = {}, {}
     for norm in config.norms:  # (sharded by point under torchrun: calib.pipeline.sharded)
         inv = sharded.invariance(folder, judge, judge_config, x, y, images, targets, norm, config.invariance_iters,
-                                 progress)
+                                 progress, aligned=aligned["aligned"])
         start = np.where(np.isfinite(inv.radius) & (inv.radius > 0), 0.0, np.nan)[:, None, None, None] + inv.witnesses
         adv = sharded.adversarial(folder, judge, judge_config, x, y, norm, start.astype(np.float32), seed, progress,
                                   method=config.method, iters=config.iters, steps=config.steps,
