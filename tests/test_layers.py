@@ -12,7 +12,7 @@ from calib.pipeline.cache import _imports_of
 #: bottom to top: the pipeline's order (data -> models -> train -> stats -> budgets -> attacks -> audit
 #: -> report) with the shared layers where their lowest user needs them (the run folder below the audit
 #: and the people, who open runs through it), and the glue on top (the pipeline, experiments, the CLI)
-LAYERS = [("errors", "io", "progress", "device"), ("data",), ("models",), ("perturb",), ("train",), ("stats",),
+LAYERS = [("errors", "io", "progress", "device", "distributed"), ("data",), ("models",), ("perturb",), ("train",), ("stats",),
           ("judges",), ("budgets",), ("attacks",), ("interop",), ("runfolder",), ("audit",), ("human",), ("report",),
           ("pipeline",), ("experiments",), ("cli",), ("__main__",)]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

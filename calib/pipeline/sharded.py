@@ -1,6 +1,7 @@
-"""The run's data-parallel tasks (:mod:`calib.distributed`): a judge's invariance and adversarial radii
-sharded by point, and model training with DistributedDataParallel. With one process each function is
-the plain computation; under torchrun the leader submits it and every rank runs its share."""
+"""The run's per-point data-parallel tasks (:mod:`calib.distributed`): a judge's invariance and
+adversarial radii sharded by point (training with DistributedDataParallel is the model stages' own
+task, :mod:`calib.pipeline.stages.models`). With one process each function is the plain computation;
+under torchrun the leader submits it and every rank runs its share."""
 from __future__ import annotations
 
 import json
@@ -18,12 +19,13 @@ if TYPE_CHECKING:
     from calib.judges import Judge, JudgeConfig
     from calib.runfolder import RunFolder
 
-#: judges a follower built, by (run folder, judge name, judge config): built once per run
-_JUDGES: dict[tuple[str, str, str], Any] = {}
+#: judges a follower built, by (run folder, judge name, judge config, the judge's description with its
+#: weights' hashes): built once per run and model
+_JUDGES: dict[tuple[str, str, str, str], Any] = {}
 
 
-def _judge_key(folder_path: str, name: str, config: JudgeConfig) -> tuple[str, str, str]:
-    return str(folder_path), name, json.dumps(asdict(config), sort_keys=True)
+def _judge_key(folder_path: str, name: str, config: JudgeConfig, stamp: str) -> tuple[str, str, str, str]:
+    return str(folder_path), name, json.dumps(asdict(config), sort_keys=True), stamp
 
 
 def _judge_of(header: dict[str, Any]) -> Judge:
@@ -32,16 +34,20 @@ def _judge_of(header: dict[str, Any]) -> Judge:
 
     cfg = header["judge_config"]
     config = JudgeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    key = _judge_key(header["run"], header["judge"], config)
+    key = _judge_key(header["run"], header["judge"], config, header["stamp"])
     if key not in _JUDGES:
         folder = RunFolder.open(header["run"], device=D.rank_device(header["device"]))
-        _JUDGES[key] = folder.judge(header["judge"], config)
+        judge = folder.judge(header["judge"], config)
+        _JUDGES.clear()  # one judge at a time
+        _JUDGES[key] = judge
     return _JUDGES[key]
 
 
 def _header(folder: RunFolder, judge: Judge, config: JudgeConfig) -> dict[str, Any]:
-    _JUDGES[_judge_key(str(folder.path), judge.name, config)] = judge  # the leader's own, not rebuilt
-    return {"run": str(folder.path), "judge": judge.name, "judge_config": asdict(config), "device": folder.device}
+    stamp = json.dumps(judge.describe(), sort_keys=True, default=str)
+    _JUDGES[_judge_key(str(folder.path), judge.name, config, stamp)] = judge  # the leader's own, not rebuilt
+    return {"run": str(folder.path), "judge": judge.name, "judge_config": asdict(config), "device": folder.device,
+            "stamp": stamp}
 
 
 # ---- invariance radii ------------------------------------------------------------------------------------
@@ -134,50 +140,9 @@ def adversarial(folder: RunFolder, judge: Judge, config: JudgeConfig, x: np.ndar
                  checked, info)
 
 
-# ---- training ---------------------------------------------------------------------------------------------
-@D.task("train")
-def _train_task(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    from calib.pipeline.stages.models import TrainOptions, fit_model
-    from calib.runfolder import RunFolder
+#: the functions the semantic stage runs through here (hashed by source: opening a run folder on a follower
+#: must not make the stage depend on every module the folder imports)
+CODE = (_judge_of, _header, _invariance_chunk, invariance, _map_shared, _aligned_chunk, _adversarial_chunk,
+        adversarial)
 
-    _JUDGES.clear()  # a model changes: judges built on the old one are stale
-    if D.world().leader:
-        return {}, {}  # the leader trains in :func:`train` (it keeps the model)
-    try:
-        folder = RunFolder.open(h["run"], device=D.rank_device(h["device"]))
-        fit_model(folder, TrainOptions.from_json(h["options"]), progress=False)
-    except Exception as exc:  # the leader waits inside DistributedDataParallel: end this rank, torchrun ends all
-        import logging
-        import os
-
-        logging.getLogger(__name__).error("rank %d failed in training: %s: %s", D.world().rank,
-                                          type(exc).__name__, exc)
-        os._exit(1)
-    return {}, {}
-
-
-def train(folder: RunFolder, options: Any, progress: bool) -> Any:
-    """:func:`calib.pipeline.stages.models.fit_model` on every rank (DistributedDataParallel); the
-    leader's trained model."""
-    from calib.pipeline.stages.models import fit_model
-
-    if not D.world().parallel:
-        return fit_model(folder, options, progress=progress)
-    D.broadcast_bytes(D.pack({"task": "train", "run": str(folder.path), "device": folder.device,
-                              "options": options.to_json()}))
-    _JUDGES.clear()
-    try:
-        model = fit_model(folder, options, progress=progress)
-        mine = D.pack({"ok": True})
-    except Exception as exc:
-        model, mine = None, D.pack({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-    results = [D.unpack(b)[0] for b in D.gather_bytes(mine)]
-    bad = [(r, h["error"]) for r, h in enumerate(results) if not h.get("ok")]
-    if bad:
-        from calib.errors import CalibError
-
-        raise CalibError(f"rank {bad[0][0]} of {D.world().size} failed in training: {bad[0][1]}")
-    return model
-
-
-__all__ = ["invariance", "adversarial", "train"]
+__all__ = ["invariance", "adversarial"]

@@ -151,7 +151,7 @@ def attack_stages(config: RunConfig) -> list[Stage]:
     for item in attack_plan(config.attack, seed=config.seed):
         spec = item["spec"]
         a = AttackOptions(item["name"], spec, config.attack.n, config.seed,
-                          align=config.semantic.align and spec.attack == "invariance")
+                          align=config.semantic is not None and config.semantic.align and spec.attack == "invariance")
         column = budget_column(spec)
         stages.append(Stage(f"attack-{a.name}", compute_attack, a, A.attack(a.name),
                             reads=tuple(A.model(m)[0] for m in spec.models), derived=column,

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from calib import distributed as D
 from calib.data import Dataset, Splits
 from calib.data.split import stratified_indices
 from calib.io import sha256_file
@@ -77,8 +78,6 @@ class TrainOptions:
 
 
 def train_model(ctx: StageContext, o: TrainOptions) -> dict[str, Any]:
-    from calib.pipeline.sharded import train
-
     m = train(ctx, o, ctx.progress)  # every rank under torchrun; only this one (the leader) saves
     ctx.forget_models()
     saved = m.save(ctx.file(A.model(o.stem)[1]))
@@ -108,6 +107,47 @@ def fit_model(folder: Any, o: TrainOptions, progress: bool = False) -> Any:
         if o.subset:
             m.data["train_parent_fingerprint"] = s.train.fingerprint
     return m
+
+
+# ---- training on every torchrun rank (DistributedDataParallel) ---------------------------------------------
+@D.task("train")
+def _train_task(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from calib.runfolder import RunFolder
+
+    if D.world().leader:
+        return {}, {}  # the leader trains in :func:`train` (it keeps the model)
+    try:
+        folder = RunFolder.open(h["run"], device=D.rank_device(h["device"]))
+        fit_model(folder, TrainOptions.from_json(h["options"]), progress=False)
+    except Exception as exc:  # the leader waits inside DistributedDataParallel: end this rank, torchrun ends all
+        import logging
+        import os
+
+        logging.getLogger(__name__).error("rank %d failed in training: %s: %s", D.world().rank,
+                                          type(exc).__name__, exc)
+        os._exit(1)
+    return {}, {}
+
+
+def train(folder: Any, options: TrainOptions, progress: bool) -> Any:
+    """:func:`calib.pipeline.stages.models.fit_model` on every rank (DistributedDataParallel); the
+    leader's trained model."""
+    if not D.world().parallel:
+        return fit_model(folder, options, progress=progress)
+    D.broadcast_bytes(D.pack({"task": "train", "run": str(folder.path), "device": folder.device,
+                              "options": options.to_json()}))
+    try:
+        model = fit_model(folder, options, progress=progress)
+        mine = D.pack({"ok": True})
+    except Exception as exc:
+        model, mine = None, D.pack({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    results = [D.unpack(b)[0] for b in D.gather_bytes(mine)]
+    bad = [(r, h["error"]) for r, h in enumerate(results) if not h.get("ok")]
+    if bad:
+        from calib.errors import CalibError
+
+        raise CalibError(f"rank {bad[0][0]} of {D.world().size} failed in training: {bad[0][1]}")
+    return model
 
 
 @dataclass(frozen=True)

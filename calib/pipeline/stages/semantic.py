@@ -9,6 +9,7 @@ import numpy as np
 from calib.budgets.semantic import Radii, merge_invariance, save_radii
 from calib.io import to_jsonable, write_json
 from calib.judges import MODEL_OF, Judge, JudgeConfig
+from calib.pipeline import sharded
 from calib.pipeline.config import RunConfig, SemanticConfig
 from calib.pipeline.stage import Stage, StageContext
 from calib.runfolder import artefacts as A
@@ -34,7 +35,6 @@ def measure_radii(folder: RunFolder, judge: Judge, pair: str, config: SemanticCo
     (norm -> Radii, dataset indices, labels, norm -> relabel document)."""
     from calib.budgets.alignment import invariance_targets
     from calib.budgets.invariance import relabel_curve, union_rate
-    from calib.pipeline import sharded
 
     judge_config = judge_config or folder.judge_config()
     idx, y = query_part(folder, pair)
@@ -113,5 +113,5 @@ def semantic_stage(config: RunConfig, name: str) -> Stage:
     outputs = (*A.semantic(name), *(A.relabel(name, norm) for norm in config.semantic.norms))
     return Stage(f"semantic-{name}", compute, o, outputs, reads=judge_reads(o.judge),
                  code=("calib.budgets.semantic", "calib.budgets.invariance", "calib.budgets.alignment",
-                       "calib.budgets.minnorm", "calib.perturb.fmn", "calib.pipeline.sharded", measure_radii,
+                       "calib.budgets.minnorm", "calib.perturb.fmn", "calib.distributed", *sharded.CODE, measure_radii,
                        query_part, save_measured, *JUDGE_CODE))
