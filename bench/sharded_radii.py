@@ -32,6 +32,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if not w.leader:
         D.serve()
+        D.shutdown()
         return
     try:
         run = open_run(args.run)
@@ -58,6 +59,7 @@ def main() -> None:
                   + f"  -> {'identical' if same else 'DIFFERENT'}")
     finally:
         D.stop_followers()
+        D.shutdown()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +90,7 @@ def init_from_env(device: str = "auto") -> World:
 
 
 def shutdown() -> None:
+    """Leave the process group (before the process exits: a gloo group still open at exit aborts it)."""
     global _WORLD
     if _WORLD.parallel:
         import torch.distributed as dist
@@ -289,10 +289,6 @@ def _merge(infos: list[dict[str, Any]]) -> dict[str, Any]:
         elif k == "seconds":
             out[k] = sum(float(i.get(k, 0.0)) for i in infos)  # compute time over all ranks
     return out
-
-
-def elapsed(t0: float) -> float:
-    return time.perf_counter() - t0
 
 
 __all__ = ["World", "world", "init_from_env", "shutdown", "submit", "serve", "stop_followers", "map_points",

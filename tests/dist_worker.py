@@ -25,6 +25,7 @@ def main() -> None:
 
     if not w.leader:
         D.serve()
+        D.shutdown()
         return
     try:
         if mode == "fail":
@@ -65,6 +66,7 @@ def main() -> None:
         print("IDENTICAL aligned", len(y))
     finally:
         D.stop_followers()
+        D.shutdown()
 
 
 if __name__ == "__main__":

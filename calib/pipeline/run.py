@@ -84,12 +84,16 @@ def run(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], No
         logging.getLogger("calib").setLevel(logging.WARNING)  # the leader reports
         import calib.pipeline.sharded  # noqa: F401 - registers the tasks it serves
 
-        D.serve()
+        try:
+            D.serve()
+        finally:
+            D.shutdown()
         return None
     try:
         return _lead(config, on_stage, fresh, t0, threads)
     finally:
         D.stop_followers()
+        D.shutdown()
 
 
 def _lead(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], None] | None, fresh: bool,
