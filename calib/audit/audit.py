@@ -4,8 +4,9 @@ For every attacked x -> x' with label y, classifier f and the run's judge (:mod:
 
 * ``success``: f(x') != y;
 * perceptibility (:mod:`calib.audit.perceptibility`): L-inf, L2, L0, background changes and the
-  trivial detector, SSIM; ``perceptible`` = SSIM < ``ssim_min`` (or, with
-  ``detector_in_verdict``, also any background change);
+  trivial detector, SSIM; ``perceptible`` = SSIM < the class's SSIM threshold (:class:`SsimThresholds`:
+  people's fitted threshold where the run has one, else ``ssim_min``; the audit names each class's
+  source) (or, with ``detector_in_verdict``, also any background change);
 * ``class_changed``: the judge's verdict that x' no longer shows y (``judge_label``, its continuous
   ``judge_score`` = minus its margin, ``judge_clean`` its label of the clean x, and for an ensemble
   each member's label ``judge_<member>``); the audit names the judge;
@@ -53,6 +54,29 @@ class AuditConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.ssim_min <= 1:
             raise ConfigError(f"ssim_min must lie in [0, 1]; got {self.ssim_min}")
+
+
+@dataclass(frozen=True)
+class SsimThresholds:
+    """The SSIM threshold of each class (``values`` (C,): an example with SSIM below its class's value is
+    perceptible) and where it comes from (``sources`` (C,): "people, N pairs", or "uncalibrated, SSIM ≥ 0.9")."""
+
+    values: tuple[float, ...]
+    sources: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(self.sources) or not all(0 <= v <= 1 for v in self.values):
+            raise ConfigError(f"SSIM thresholds must be one per class in [0, 1], each with its source; got "
+                              f"{self.values} from {self.sources}")
+
+    @staticmethod
+    def uncalibrated_source(ssim_min: float) -> str:
+        return f"uncalibrated, SSIM ≥ {ssim_min:g}"
+
+    @classmethod
+    def uncalibrated(cls, ssim_min: float, num_classes: int) -> "SsimThresholds":
+        """``ssim_min`` for every class, named as uncalibrated."""
+        return cls((float(ssim_min),) * num_classes, (cls.uncalibrated_source(ssim_min),) * num_classes)
 
 
 @dataclass
@@ -113,7 +137,16 @@ class AuditResult:
     def summary(self, class_names: list[str] | tuple[str, ...]) -> dict[str, Any]:
         y = self.arrays["labels"]
         return {**self.meta, "overall": self.rates(),
-                "per_class": {name: self.rates(y == c) for c, name in enumerate(class_names) if (y == c).any()}}
+                "per_class": {name: self.rates(y == c) | self.threshold_of(c) for c, name in enumerate(class_names)
+                              if (y == c).any()}}
+
+    def threshold_of(self, c: int) -> dict[str, Any]:
+        """Class ``c``'s SSIM threshold and its source (``ssim_min``, ``ssim_source``; empty for an audit
+        saved before thresholds were recorded)."""
+        t = self.meta.get("ssim_thresholds")
+        if not t or not 0 <= c < len(t["values"]):
+            return {}
+        return {"ssim_min": t["values"][c], "ssim_source": t["sources"][c]}
 
     def save(self, folder: str | os.PathLike[str], name: str, class_names: list[str] | tuple[str, ...]) -> Path:
         """``<name>.npz`` (arrays, no pickle) and ``<name>.json`` (summary), written atomically."""
@@ -164,7 +197,8 @@ def judge_verdicts(judge: Any, x: np.ndarray, x_adv: np.ndarray, labels: np.ndar
 def audit(x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, pred_adv: np.ndarray, *, norm: str,
           eps: np.ndarray, reference: Reference, judge: Any, config: AuditConfig = AuditConfig(),
           ball_space: str = "input", embedding: nn.Module | None = None, num_classes: int | None = None,
-          device: str | torch.device = "cpu", pred_clean: np.ndarray | None = None) -> AuditResult:
+          device: str | torch.device = "cpu", pred_clean: np.ndarray | None = None,
+          thresholds: SsimThresholds | None = None) -> AuditResult:
     """Audit one attack's outputs.
 
     Every rate the result gives (:meth:`AuditResult.rates`) is over all N examples, unless it says
@@ -183,6 +217,9 @@ def audit(x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, pred_adv: np.nda
             measured with ``embedding``, whose reference embeddings are ``reference.embeddings["g"]``).
         reference: the reference set (the training part).
         judge: the run's :class:`calib.judges.Judge`; its verdict is ``class_changed``.
+        thresholds: the SSIM threshold of each class and its source (people's fitted thresholds,
+            :func:`calib.human.perceptibility.audit_thresholds`); default: ``config.ssim_min`` for every
+            class, "uncalibrated". Recorded in ``meta["ssim_thresholds"]``.
     """
     n = len(labels)
     if x.shape != x_adv.shape or len(x) != n or len(pred_adv) != n or len(eps) != n:
@@ -198,7 +235,11 @@ def audit(x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, pred_adv: np.nda
                                      "eps": np.asarray(eps, np.float64), "clean_error": clean_error,
                                      "success": (pred_adv != labels) & ~clean_error}
     arrays |= perceptibility(x, x_adv, config.tol)
-    perceptible = arrays["ssim"] < config.ssim_min
+    n_classes = max(int(num_classes or 0), int(labels.max()) + 1 if n else 0)
+    thresholds = thresholds or SsimThresholds.uncalibrated(config.ssim_min, n_classes)
+    if len(thresholds.values) < n_classes:
+        raise ConfigError(f"{len(thresholds.values)} SSIM thresholds for {n_classes} classes")
+    perceptible = arrays["ssim"] < np.asarray(thresholds.values, np.float64)[labels]
     if config.detector_in_verdict:
         perceptible = perceptible | arrays["detected"]
     arrays["perceptible"] = perceptible
@@ -219,6 +260,7 @@ def audit(x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, pred_adv: np.nda
     members = [m.name for m in getattr(judge, "members", [])]
     meta = {"config": asdict(config), "norm": norm, "ball_space": ball_space, "judge": judge.describe(),
             "judge_members": members, "reference_size": int(len(reference.labels)),
+            "ssim_thresholds": {"values": list(thresholds.values), "sources": list(thresholds.sources)},
             "clean_predictions": pred_clean is not None,
             "rates": "over all examples; success excludes clean errors (f(x) != y)",
             "reference_misclassified": int(reference.wrong.sum())}

@@ -128,7 +128,7 @@ def headline_section(r: Report, page: Page) -> None:
         return
     first = next(iter(r.audits.values()))
     cfg = first.meta.get("config", {})
-    page.add(f'<p class="note">Audit settings: SSIM threshold {esc(cfg.get("ssim_min"))}, '
+    page.add(f'<p class="note">Audit settings: SSIM threshold {esc(ssim_thresholds(first, r.names, cfg))}, '
              f'pixel tolerance {esc(round(float(cfg.get("tol", 0)), 5))}, background detector in verdict: '
              f'{esc(cfg.get("detector_in_verdict"))}; reference set {esc(first.meta.get("reference_size"))} '
              f'training images ({esc(first.meta.get("reference_misclassified"))} misclassified by f).</p>')
@@ -145,6 +145,18 @@ def headline_section(r: Report, page: Page) -> None:
                          "perceptible | success", "interpolated | success", "VALID | success", "VALID (all)",
                          "ball has misclassified same-class", "mean SSIM"], hrows, left=4))
     page.add("</section>")
+
+
+def ssim_thresholds(a: Any, names: list[str], cfg: dict[str, Any]) -> str:
+    """The audit's SSIM threshold per class and its source, in words: one value when every class has the
+    same one from the same source, else each class's ("0: 0.962 (people, 28 pairs); ...")."""
+    t = a.meta.get("ssim_thresholds")
+    if not t:  # an audit saved before thresholds were recorded
+        return f"{cfg.get('ssim_min')} (uncalibrated)"
+    pairs = list(zip(t["values"], t["sources"]))
+    if len(set(pairs)) == 1:
+        return f"{pairs[0][0]:.4g} ({pairs[0][1]})"
+    return "per class: " + "; ".join(f"{n}: {v:.4g} ({src})" for n, (v, src) in zip(names, pairs))
 
 
 def _reading(name: str, r: dict[str, Any]) -> str:

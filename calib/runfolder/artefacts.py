@@ -16,6 +16,8 @@ this module (or :class:`calib.runfolder.RunFolder`, which joins them to the fold
 ``audit/<name>.*``         their audit (:func:`audit`)
 ``validation/``            judges against people (:data:`VALIDATION`)
 ``human/<session>.*``      labelling sessions (:func:`session`)
+``human/perceptibility/``  perceptibility sessions: same/different pairs (:func:`pair_session`)
+``human/perceptibility.json``  people's fitted per-class SSIM thresholds (:data:`PERCEPTIBILITY`)
 ``experiments/<name>.*``   background experiments (:func:`experiment`)
 ``probe.npz``              the class-mixing probe (:data:`PROBE`)
 ``projection.npz``         2-D views of the embedding (:data:`PROJECTION`)
@@ -45,6 +47,8 @@ VALIDATION = "validation"
 VALIDATION_JSON = "validation/validation.json"
 VALIDATION_NPZ = "validation/validation.npz"
 HUMAN = "human"
+PAIR_SESSIONS = "human/perceptibility"
+PERCEPTIBILITY = "human/perceptibility.json"
 EXPERIMENTS = "experiments"
 CACHE = "cache"
 LOGS = "logs"
@@ -89,6 +93,12 @@ def experiment_model(stem: str) -> tuple[str, str]:
 def session(name: str) -> tuple[str, str]:
     """Answers and plan of labelling session ``name``."""
     return f"{HUMAN}/{name}.npz", f"{HUMAN}/{name}.plan"
+
+
+def pair_session(name: str) -> tuple[str, str]:
+    """Answers and plan of perceptibility session ``name`` (npz content; suffixes other than ``.npz``,
+    so that loading ``RUN/human`` as human-labelled sets does not take them for relabelling sets)."""
+    return f"{PAIR_SESSIONS}/{name}.answers", f"{PAIR_SESSIONS}/{name}.plan"
 
 
 def manifest(stage: str) -> str:

@@ -13,6 +13,7 @@ import torch
 from calib.attacks.runner import AttackSpec
 from calib.audit import AuditConfig
 from calib.data.split import stratified_subset
+from calib.human.perceptibility import audit_thresholds
 from calib.io import sha256_file
 from calib.judges import JudgeConfig
 from calib.pipeline.config import RunConfig, attack_plan
@@ -135,13 +136,23 @@ def compute_audit(ctx: StageContext, o: AuditOptions) -> dict[str, Any]:
     result = audit(x, x_adv, y, pred, norm=a.spec.norm, eps=eps, reference=ctx.reference(),
                    judge=ctx.judge(o.judge.name, o.judge), config=o.audit, ball_space=o.ball_space,
                    embedding=ctx.model("embedding"), num_classes=len(ctx.class_names), device=ctx.device,
-                   pred_clean=forward_batched(ctx.model("classifier"), x, device=ctx.device).argmax(1).numpy())
+                   pred_clean=forward_batched(ctx.model("classifier"), x, device=ctx.device).argmax(1).numpy(),
+                   thresholds=audit_thresholds(ctx, o.audit.ssim_min))
     result.meta |= {"attack": a.name, "budget": o.budget, "spec": asdict(a.spec),
                     "predictions": {"by": "the attacked classifier", "classifier": o.classifier or "trained by calib"}}
     result.arrays["indices"] = ctx.splits.test.indices[sel]
     result.save(ctx.file(A.AUDIT), a.name, ctx.class_names)
     return {"valid_rate": float(result.arrays["valid"].mean()),
             "success_rate": float(result.arrays["success"].mean()), "judge": o.judge.name}
+
+
+def audit_inputs(column: Any, ssim_min: float):
+    """The derived inputs of an audit: the attack's budget column and the SSIM threshold of each class
+    with its source (people's fitted thresholds in ``RUN/human/perceptibility.json``, else ``ssim_min``),
+    so a new fit re-audits."""
+    def inputs(ctx: StageContext) -> dict[str, Any]:
+        return {**column(ctx), "ssim_thresholds": asdict(audit_thresholds(ctx, ssim_min))}
+    return inputs
 
 
 def attack_stages(config: RunConfig) -> list[Stage]:
@@ -162,5 +173,7 @@ def attack_stages(config: RunConfig) -> list[Stage]:
         stages.append(Stage(f"audit-{a.name}", compute_audit, o, A.audit(a.name),
                             reads=(A.attack(a.name)[0], *judge_reads(judge), A.model("classifier")[0],
                                    A.model("embedding")[0]),
-                            derived=column, code=("calib.audit", StageContext.reference, attacked, *JUDGE_CODE)))
+                            derived=audit_inputs(column, config.audit.ssim_min),
+                            code=("calib.audit", "calib.human.perceptibility", StageContext.reference, attacked,
+                                  *JUDGE_CODE)))
     return stages
