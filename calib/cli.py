@@ -357,20 +357,42 @@ def validate_cmd(run_dir: Path = RunArg,
 @app.command("label")
 def label_cmd(run_dir: Path = RunArg,
               session: str = typer.Option("session1", "--session", help="Session name; an existing one resumes."),
+              task: str = typer.Option("relabel", "--task", help="relabel: which class do you see? (one image at "
+                                       "a time); perceptibility: same or different? (a clean image beside a "
+                                       "perturbed copy at a ladder of sizes, identical pairs as controls)."),
               attack: Optional[str] = typer.Option(None, "--attack", help="Attack whose examples to label "
-                                                   "(default: pgd-table-<norm>, the per-class budgets)."),
-              n: int = typer.Option(100, "--n", min=1, help="Adversarial examples (stratified by class)."),
-              controls: float = typer.Option(0.1, "--controls", min=0.0, max=0.9, help="Share of clean controls."),
+                                                   "(default: pgd-table-<norm> and invariance-table-<norm>, the "
+                                                   "per-class budgets)."),
+              n: Optional[int] = typer.Option(None, "--n", min=1, help="Adversarial examples (stratified by "
+                                              "class; default 100), or with --task perceptibility perturbed "
+                                              "pairs (7 sizes per example; default 280)."),
+              controls: Optional[float] = typer.Option(None, "--controls", min=0.0, max=0.9, help="Share of clean "
+                                                       "controls (default 0.1; perceptibility: identical pairs, "
+                                                       "0.12)."),
               port: int = typer.Option(0, "--port", min=0, max=65535, help="Port on 127.0.0.1 (0 = any free one)."),
               seed: int = SeedOpt) -> None:
-    """Label a run's adversarial examples yourself on a local page (127.0.0.1 only): one image at a
-    time, the class key, u = unclear, Backspace = back. Answers are saved at once to
-    RUN/human/<session>.npz (calib's human-labelled format); reopening resumes the session."""
-    from calib.human.server import label
+    """Label a run's adversarial examples yourself on a local page (127.0.0.1 only). --task relabel: one
+    image at a time, the class key, u = unclear, Backspace = back; answers go to RUN/human/<session>.npz
+    (calib's human-labelled format). --task perceptibility: two images side by side, s/f = same, d/j =
+    different; answers go to RUN/human/perceptibility/ and people's fitted SSIM thresholds to
+    RUN/human/perceptibility.json, which the audit then uses. Reopening resumes a session."""
+    from calib.errors import ConfigError
 
+    if task not in ("relabel", "perceptibility"):
+        raise ConfigError(f"--task {task!r}: use relabel or perceptibility")
     folder = _open(run_dir)
-    with folder.writing(f"calib label --session {session}"):
-        path = label(folder, session, attack=attack, n=n, controls=controls, port=port, seed=seed, say=typer.echo)
+    with folder.writing(f"calib label --task {task} --session {session}"):
+        if task == "relabel":
+            from calib.human.server import label
+
+            path = label(folder, session, attack=attack, n=100 if n is None else n,
+                         controls=0.1 if controls is None else controls, port=port, seed=seed, say=typer.echo)
+        else:
+            from calib.human.pairs_page import label_perceptibility
+
+            path = label_perceptibility(folder, session, attack=attack, n=280 if n is None else n,
+                                        controls=0.12 if controls is None else controls, port=port, seed=seed,
+                                        say=typer.echo)
     _show(f"session saved to {path}")
 
 

@@ -108,6 +108,41 @@ get("/api/state").then(function(s){state=s;document.getElementById("session").te
 """
 
 
+class PageHandler(BaseHTTPRequestHandler):
+    """What every page of ``calib label`` shares: quiet logs (through :mod:`logging`), no caching, a
+    content security policy that allows nothing from elsewhere, JSON replies."""
+
+    server_version = "calib-label"
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # quiet: through logging, not stderr
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+    def _send(self, status: int, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; "
+                                                    "script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, obj: Any, status: int = HTTPStatus.OK) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def _body(self) -> dict[str, Any]:
+        """The posted JSON object (at most 10 kB read).
+
+        Raises:
+            ValueError: not a JSON object.
+        """
+        n = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(min(n, 10_000)) or b"{}")
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        return body
+
+
 def make_handler(session: Session) -> type[BaseHTTPRequestHandler]:
     """The request handler bound to one session."""
     keys = class_keys(session.class_names)
@@ -118,25 +153,7 @@ def make_handler(session: Session) -> type[BaseHTTPRequestHandler]:
                 "answered": int((a != NOT_ANSWERED).sum()), "class_names": session.class_names, "keys": keys,
                 "answers": [None if v == NOT_ANSWERED else int(v) for v in a]}
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "calib-label"
-
-        def log_message(self, fmt: str, *args: Any) -> None:  # quiet: through logging, not stderr
-            log.debug("%s " + fmt, self.address_string(), *args)
-
-        def _send(self, status: int, body: bytes, kind: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; "
-                                                        "script-src 'unsafe-inline'; style-src 'unsafe-inline'")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, obj: Any, status: int = HTTPStatus.OK) -> None:
-            self._send(status, json.dumps(obj).encode(), "application/json")
-
+    class Handler(PageHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             url = urlparse(self.path)
             if url.path == "/":
@@ -166,8 +183,7 @@ def make_handler(session: Session) -> type[BaseHTTPRequestHandler]:
                 self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
                 return
             try:
-                n = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(min(n, 10_000)) or b"{}")
+                body = self._body()
                 session.answer(int(body["item"]), int(body["label"]))
             except (ValueError, KeyError, TypeError, CalibError) as exc:
                 self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
@@ -183,10 +199,19 @@ def serve(session: Session, port: int = 0) -> ThreadingHTTPServer:
     Raises:
         CalibError: the port is taken (or not allowed).
     """
+    return bind(make_handler(session), port)
+
+
+def bind(handler: type[BaseHTTPRequestHandler], port: int = 0) -> ThreadingHTTPServer:
+    """A threading HTTP server of ``handler`` on 127.0.0.1 only (``port`` 0: any free port).
+
+    Raises:
+        CalibError: the port is taken (or not allowed).
+    """
     import errno
 
     try:
-        return ThreadingHTTPServer((HOST, port), make_handler(session))
+        return ThreadingHTTPServer((HOST, port), handler)
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES):
             raise CalibError(f"port {port} on {HOST} is {'in use' if exc.errno == errno.EADDRINUSE else 'not allowed'};"
@@ -219,4 +244,4 @@ def label(run: Any, session: str, *, attack: str | None = None, n: int = 100, co
     return s.path
 
 
-__all__ = ["serve", "make_handler", "png_bytes", "label", "PAGE", "HOST"]
+__all__ = ["serve", "bind", "make_handler", "PageHandler", "png_bytes", "label", "PAGE", "HOST"]
