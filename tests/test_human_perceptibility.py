@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from calib.errors import CalibError, ConfigError, DataError
-from calib.human.perceptibility import (MIN_TRIALS, audit_thresholds, fit, fit_class, load_fit, log_likelihood,
-                                        logistic_fit, profile_interval, size, to_ssim, write_fit)
+from calib.human.perceptibility import (MIN_TRIALS, fit, fit_class, log_likelihood, logistic_fit, profile_interval,
+                                        size, to_ssim)
+from calib.human.thresholds import audit_thresholds, load_fit
 from calib.runfolder import artefacts as A, open_run
 
 

@@ -218,7 +218,7 @@ def audit(x: np.ndarray, x_adv: np.ndarray, labels: np.ndarray, pred_adv: np.nda
         reference: the reference set (the training part).
         judge: the run's :class:`calib.judges.Judge`; its verdict is ``class_changed``.
         thresholds: the SSIM threshold of each class and its source (people's fitted thresholds,
-            :func:`calib.human.perceptibility.audit_thresholds`); default: ``config.ssim_min`` for every
+            :func:`calib.human.thresholds.audit_thresholds`); default: ``config.ssim_min`` for every
             class, "uncalibrated". Recorded in ``meta["ssim_thresholds"]``.
     """
     n = len(labels)

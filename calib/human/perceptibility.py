@@ -24,11 +24,10 @@ pairs) is reported with its Wilson interval.
 
 ``RUN/human/perceptibility.json`` (:data:`calib.runfolder.artefacts.PERCEPTIBILITY`) holds the fit of
 every perceptibility session of a run; the audit reads each class's ``threshold`` there
-(:func:`audit_thresholds`), else the pooled one, else its own ``ssim_min``.
+(:func:`calib.human.thresholds.audit_thresholds`), else the pooled one, else its own ``ssim_min``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
@@ -36,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from calib.audit.audit import SsimThresholds
 from calib.errors import DataError
 from calib.human.agreement import wilson
+from calib.human.thresholds import VERSION
 from calib.io import to_jsonable, write_json
 from calib.runfolder import artefacts as A
 
@@ -51,7 +50,6 @@ CONFIDENCE = 0.95
 MIN_TRIALS = 12
 FLOOR = 1e-6  # 1 - SSIM below this counts as this (an exactly identical perturbed pair)
 SLOPE_MAX = 1e3  # profile: slopes searched in [0, SLOPE_MAX] per unit of x
-VERSION = 1
 METHOD = ("logistic regression of 'different' on x = log(1 - SSIM) (scikit-learn LogisticRegression, no penalty); "
           "JND = SSIM where P(different) = 0.5; 95 % profile-likelihood interval (chi2_1 cut, slope re-fitted "
           "per x0 with SciPy, ends by Brent's method)")
@@ -191,44 +189,5 @@ def write_fit(run: RunFolder) -> dict[str, Any] | None:
     return doc
 
 
-def load_fit(run: RunFolder) -> dict[str, Any] | None:
-    """``RUN/human/perceptibility.json``, or ``None`` when the run has none.
-
-    Raises:
-        DataError: the file is unreadable or not a perceptibility fit.
-    """
-    path = run.file(A.PERCEPTIBILITY)
-    if not path.exists():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable perceptibility fit ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("per_class"), dict):
-        raise DataError(f"{path}: not a perceptibility fit of version {VERSION}; rerun `calib label --task "
-                        "perceptibility` to rewrite it")
-    return doc
-
-
-def audit_thresholds(run: RunFolder, ssim_min: float) -> SsimThresholds:
-    """The SSIM threshold of each class for the audit, and its source: the class's own fit ("people, N
-    pairs"), else the pooled fit ("people, pooled over classes, N pairs"), else ``ssim_min``
-    ("uncalibrated, SSIM ≥ 0.9")."""
-    names = list(run.class_names)
-    doc = load_fit(run)
-    values, sources = [], []
-    pooled = (doc or {}).get("pooled") or {}
-    for name in names:
-        own = ((doc or {}).get("per_class") or {}).get(name) or {}
-        if own.get("threshold") is not None:
-            values.append(float(own["threshold"])), sources.append(f"people, {own['n']} pairs")
-        elif pooled.get("threshold") is not None:
-            values.append(float(pooled["threshold"]))
-            sources.append(f"people, pooled over classes, {pooled['n']} pairs")
-        else:
-            values.append(float(ssim_min)), sources.append(SsimThresholds.uncalibrated_source(ssim_min))
-    return SsimThresholds(tuple(values), tuple(sources))
-
-
 __all__ = ["size", "to_ssim", "logistic_fit", "log_likelihood", "profile", "profile_interval", "fit_class", "fit",
-           "write_fit", "load_fit", "audit_thresholds", "MIN_TRIALS", "METHOD", "CONFIDENCE"]
+           "write_fit", "MIN_TRIALS", "METHOD", "CONFIDENCE"]

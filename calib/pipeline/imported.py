@@ -108,7 +108,7 @@ def audit_external(ctx: StageContext, x_adv: np.ndarray, indices: np.ndarray, *,
         pred_clean = np.asarray(pred_clean)
         if pred_clean.shape != idx.shape or not np.issubdtype(pred_clean.dtype, np.integer):
             raise DataError(f"pred_clean must be (N,) integer predictions; got shape {pred_clean.shape}")
-    from calib.human.perceptibility import audit_thresholds
+    from calib.human.thresholds import audit_thresholds
 
     config = config or AuditConfig()
     result = audit(x, x_adv, y, pred, norm=norm, eps=eps, reference=ctx.reference(), judge=judge,

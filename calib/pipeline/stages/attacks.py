@@ -13,7 +13,7 @@ import torch
 from calib.attacks.runner import AttackSpec
 from calib.audit import AuditConfig
 from calib.data.split import stratified_subset
-from calib.human.perceptibility import audit_thresholds
+from calib.human.thresholds import audit_thresholds
 from calib.io import sha256_file
 from calib.judges import JudgeConfig
 from calib.pipeline.config import RunConfig, attack_plan
@@ -174,6 +174,6 @@ def attack_stages(config: RunConfig) -> list[Stage]:
                             reads=(A.attack(a.name)[0], *judge_reads(judge), A.model("classifier")[0],
                                    A.model("embedding")[0]),
                             derived=audit_inputs(column, config.audit.ssim_min),
-                            code=("calib.audit", "calib.human.perceptibility", StageContext.reference, attacked,
+                            code=("calib.audit", "calib.human.thresholds", StageContext.reference, attacked,
                                   *JUDGE_CODE)))
     return stages
