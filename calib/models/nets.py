@@ -140,6 +140,11 @@ def build_model(spec: dict) -> nn.Module:
                                       dim=int(spec["dim"]))
         if kind == "embedding":
             return EmbeddingNet(arch=arch, input_shape=shape, dim=int(spec["dim"]))
+        if kind == "abs":
+            from calib.models.vae import ClassVAEs
+
+            return ClassVAEs(input_shape=shape, num_classes=int(spec["num_classes"]), latent=int(spec["latent"]),
+                             width=int(spec["width"]), arch=arch)
         raise ValueError(f"unknown model kind {kind!r}")
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtefactError(f"invalid model spec: {exc}") from exc

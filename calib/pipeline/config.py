@@ -122,6 +122,23 @@ class LipschitzConfig:
 
 
 @dataclass(frozen=True)
+class AbsConfig:
+    """The ``abs`` judge's class models (:mod:`calib.models.vae`): one VAE per class with ``latent``
+    dimensions and ``width`` channels, trained for ``epochs`` (default: twice the run's embedding epochs,
+    since each class's model sees a tenth of the data: on MNIST 10k, clean accuracy 0.940 after 20
+    epochs and 0.961 after 40)."""
+
+    latent: int = 8
+    width: int = 16
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.latent < 1 or self.width < 1 or (self.epochs is not None and self.epochs < 1):
+            raise ConfigError(f"abs latent, width and epochs must be >= 1; got {self.latent}, {self.width}, "
+                              f"{self.epochs}")
+
+
+@dataclass(frozen=True)
 class AttackConfig:
     """The three attacks of the headline, all on the test part.
 
@@ -217,6 +234,7 @@ class RunConfig:
     semantic_rule: str = "invariance"
     robust_embedding: RobustEmbeddingConfig = field(default_factory=RobustEmbeddingConfig)
     lipschitz: LipschitzConfig = field(default_factory=LipschitzConfig)
+    abs: AbsConfig = field(default_factory=AbsConfig)
     human: HumanConfig = field(default_factory=HumanConfig)
     margin: float = 0.2
     miner: str = "semihard"
@@ -316,9 +334,9 @@ class RunConfig:
 
 _NESTED = {"semantic": SemanticConfig, "attack": AttackConfig, "audit": AuditConfig,
            "robust_embedding": RobustEmbeddingConfig, "lipschitz": LipschitzConfig, "judge": JudgeConfig,
-           "human": HumanConfig}
+           "human": HumanConfig, "abs": AbsConfig}
 #: sections that cannot be turned off with ``false``
-_ALWAYS = ("audit", "judge", "robust_embedding", "lipschitz", "human")
+_ALWAYS = ("audit", "judge", "robust_embedding", "lipschitz", "human", "abs")
 #: judges with a Lipschitz certificate
 CERTIFIED_JUDGES = ("lipschitz",)
 

@@ -101,7 +101,9 @@ class Stage:
         if missing:
             raise DataError(f"stage {self.name} reads {', '.join(missing)}, which {ctx.path} does not have; run "
                             "`calib run` (with the options that make it) first")
-        return {"options": None if self.options is None else dataclasses.asdict(self.options),
+        options = None if self.options is None else (
+            self.options.key() if hasattr(self.options, "key") else dataclasses.asdict(self.options))
+        return {"options": options,
                 "data": ctx.data_key(),
                 **({"threads": torch.get_num_threads()} if self.tensors else {}),
                 **({"world_size": world().size} if self.world_dependent and world().parallel else {}),

@@ -67,7 +67,8 @@ def _space_order(key: tuple[str, str]) -> int:
 MODELS = (("classifier", "classifier f"), ("embedding", "embedding g"),
           ("embedding2", "independent embedding g2 (judge knn2)"),
           ("robust-embedding", "robust triplet embedding (judge robust)"),
-          ("lipschitz-embedding", "certified-Lipschitz embedding (judge lipschitz)"))
+          ("lipschitz-embedding", "certified-Lipschitz embedding (judge lipschitz)"),
+          ("abs", "class VAEs, analysis by synthesis (judge abs)"))
 
 
 def summary_section(r: Report, page: Page) -> None:
@@ -96,6 +97,8 @@ def summary_section(r: Report, page: Page) -> None:
         score = (f"accuracy {met['test_accuracy']:.4f}" if "test_accuracy" in met else
                  f"P@1 {met.get('test_precision_at_1', float('nan')):.4f}, "
                  f"MAP@R {met.get('test_map_at_r', float('nan')):.4f}")
+        if "test_bits_per_pixel" in met:
+            score += f", own-class ELBO {met['test_bits_per_pixel']:.4f} bits per pixel"
         if "lipschitz_l2" in met:
             score += f", L2 Lipschitz constant {met['lipschitz_l2']:.6f}"
         mrows.append([what, score, info.get("weights_sha256", "")[:16], m.get("seconds")])

@@ -82,8 +82,11 @@ def models(summary: dict[str, Any]) -> Table:
     """The run's models and their held-out metric."""
     t = Table("model", "held-out metric", "value", "weights sha256")
     for key, m in summary["models"].items():
-        metric, label = ("test_accuracy", "accuracy") if key == "classifier" else ("test_precision_at_1", "precision@1")
+        metric, label = (("test_accuracy", "accuracy") if "test_accuracy" in m["metrics"] else
+                         ("test_precision_at_1", "precision@1"))
         extra = f" (L2 Lipschitz {m['metrics']['lipschitz_l2']:.6f})" if "lipschitz_l2" in m["metrics"] else ""
+        if "test_bits_per_pixel" in m["metrics"]:
+            extra += f" ({m['metrics']['test_bits_per_pixel']:.4f} bits/pixel)"
         who = f"{key} (yours: {m['external']})" if m.get("external") else key
         t.add_row(_e(who), label, f"{m['metrics'][metric]:.4f}{extra}", m["weights_sha256"][:16])
     return t

@@ -42,6 +42,14 @@ class EmbeddingOptions:
 
 
 @dataclass(frozen=True)
+class GenerativeOptions:
+    """The ``abs`` judge's class VAEs (:func:`calib.train.generative.train_abs`)."""
+
+    latent: int = 8
+    width: int = 16
+
+
+@dataclass(frozen=True)
 class TrainOptions:
     """One trained model, ``models/<stem>``.
 
@@ -53,6 +61,7 @@ class TrainOptions:
         embedding: ``None`` for the classifier, else the embedding's architecture and loss.
         subset: train on g2's re-split of the training part (seed ``seed``).
         robust: train on adversarial anchors (the ``robust`` judge's embedding).
+        generative: the ``abs`` judge's class VAEs instead (``embedding`` is then ``None``).
     """
 
     stem: str
@@ -63,17 +72,28 @@ class TrainOptions:
     embedding: EmbeddingOptions | None = None
     subset: bool = False
     robust: RobustEmbeddingConfig | None = None
+    generative: GenerativeOptions | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def key(self) -> dict[str, Any]:
+        """The stage key's options: every field, without ``generative`` where it is ``None`` (so the key of
+        every other model is what it was before the ``abs`` judge existed)."""
+        d = asdict(self)
+        if d["generative"] is None:
+            d.pop("generative")
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "TrainOptions":
         tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
         emb = d.get("embedding")
         rob = d.get("robust")
+        gen = d.get("generative")
         return cls(**{**{k: tup(v) for k, v in d.items()},
                       "embedding": None if emb is None else EmbeddingOptions(**emb),
+                      "generative": None if gen is None else GenerativeOptions(**gen),
                       "robust": None if rob is None else RobustEmbeddingConfig(**{k: tup(v) for k, v in rob.items()})})
 
 
@@ -94,6 +114,11 @@ def fit_model(folder: Any, o: TrainOptions, progress: bool = False) -> Any:
                     progress=progress)
     ctx = folder
     s = ctx.splits
+    if o.generative is not None:
+        from calib.train.generative import train_abs
+
+        return train_abs(s.train, t, validation=s.calibration, test=s.test, latent=o.generative.latent,
+                         width=o.generative.width, split_seed=o.split_seed)
     if o.embedding is None:
         m = train_classifier(s.train, t, validation=s.calibration, test=s.test, split_seed=o.split_seed)
     else:
@@ -196,7 +221,8 @@ def import_classifier(ctx: StageContext, o: ExternalOptions) -> dict[str, Any]:
 CODE = {"classifier": ("calib.train.classifier",), "embedding": ("calib.train.embedding",),
         "embedding2": ("calib.train.embedding", second_split),
         "robust-embedding": ("calib.train.embedding", "calib.train.adversarial"),
-        "lipschitz-embedding": ("calib.train.embedding", "calib.models.lipschitz")}
+        "lipschitz-embedding": ("calib.train.embedding", "calib.models.lipschitz"),
+        "abs": ("calib.train.generative", "calib.models.vae")}
 MODEL_STAGES = tuple(CODE)
 
 
@@ -220,6 +246,10 @@ def model_stages(config: RunConfig, n_train: int) -> list[Stage]:
             "lipschitz-embedding", lip.epochs or emb_epochs, seed,
             embedding=EmbeddingOptions(dim=config.embedding_dim, margin=lip.margin, miner=config.miner,
                                        arch="lipschitz-mlp", width=lip.width, depth=lip.depth), **common)
+    if "abs" in needed:
+        a = config.abs
+        plans["abs"] = TrainOptions("abs", a.epochs or 2 * emb_epochs, seed, generative=GenerativeOptions(a.latent, a.width),
+                                    **common)
     if config.classifier is not None:
         src = module_file(config.classifier)
         first = Stage("classifier", import_classifier,
