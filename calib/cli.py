@@ -32,6 +32,8 @@ train_app = typer.Typer(help="Train one model and save it as safetensors + JSON.
 table_app = typer.Typer(help="Inspect epsilon tables.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(table_app, name="table")
+judge_app = typer.Typer(help="Judges fitted to people's labels.", no_args_is_help=True)
+app.add_typer(judge_app, name="judge")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -352,6 +354,49 @@ def validate_cmd(run_dir: Path = RunArg,
         console.print_json(json.dumps(to_jsonable(text.validation_json(doc))))
         return
     _show(*text.validation_sets(doc), text.validation(doc), f"written to {folder.file(A.VALIDATION)}")
+
+
+@judge_app.command("fit")
+def judge_fit_cmd(run_dir: Path = RunArg,
+                  human: list[Path] = typer.Option(..., "--human", help="Human-labelled set(s) to fit on: calib "
+                                                   ".npz, Tramèr et al. layout .npy, or folders (repeatable)."),
+                  name: str = typer.Option("fitted", "--name", help="The judge's name (models/judges/NAME.json); "
+                                           "then --judge NAME uses it."),
+                  judge: Optional[list[str]] = typer.Option(None, "--judge", help="Candidate member judges "
+                                                            "(repeatable; default: every single judge the run has)."),
+                  max_features: int = typer.Option(3, "--max-features", min=1, help="Most judges combined."),
+                  as_json: bool = typer.Option(False, "--json", help="Print the fitted judge's summary as JSON."),
+                  device: str = DeviceOpt) -> None:
+    """Fit a judge to people's "the class changed" labels: a logistic combination of the run's judges'
+    standardised margins, its members and regularisation chosen by cross-validation grouped by source
+    image, and scored by nested cross-validation (never on the labels it was fitted on)."""
+    from calib.io import to_jsonable
+    from calib.pipeline.commands import fit_judge
+    from calib.runfolder import artefacts as A
+
+    folder = _open(run_dir, device)
+    with folder.writing(f"calib judge fit --name {name}"):
+        doc = fit_judge(folder, list(human), name=name, judges=list(judge) if judge else None,
+                        max_features=max_features)
+    cv = doc["cross_validation"]["agreement"]
+    summary = {"name": name, "members": doc["members"], "coef": doc["coef"], "intercept": doc["intercept"],
+               "C": doc["selection"]["chosen_C"], "n": cv["n"], "balanced_accuracy": cv["balanced_accuracy"],
+               "balanced_accuracy_ci95": cv["balanced_accuracy_ci95"], "auc": cv["auc"], "auc_ci95": cv["auc_ci95"],
+               "protocol": doc["cross_validation"]["protocol"], "file": str(folder.file(A.fitted_judge(name)))}
+    if as_json:
+        console.print_json(json.dumps(to_jsonable(summary)))
+        return
+
+    def ci(v: Any) -> str:
+        return "" if not v else f" [{v[0]:.3f}, {v[1]:.3f}]"
+
+    ba, auc = cv["balanced_accuracy"], cv["auc"]
+    _show(f"judge {name}: " + " ".join(f"{w:+.3f}·{m}" for w, m in zip(doc["coef"], doc["members"])) +
+          f" {doc['intercept']:+.3f} (standardised margins; C = {doc['selection']['chosen_C']:g})",
+          f"nested cross-validation on {cv['n']} answers: balanced accuracy "
+          f"{'–' if ba is None else f'{ba:.3f}'}{ci(cv['balanced_accuracy_ci95'])}, ROC AUC "
+          f"{'–' if auc is None else f'{auc:.3f}'}{ci(cv['auc_ci95'])}",
+          f"written to {summary['file']}; use it with --judge {name}")
 
 
 @app.command("label")

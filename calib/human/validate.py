@@ -87,15 +87,23 @@ def validate_run(ctx: RunFolder, sets: list[HumanSet], judges: list[str] | None 
         judge = ctx.judge(name, judge_config.identity(name))
         pooled: dict[str, list[np.ndarray]] = {k: [] for k in ("y", "h", "changed", "score", "label")}
         per_set = {}
+        protocols = set()
         for s in sets:
             key = _key(s.name)
             y = arrays[f"{key}__source_label"]
             v = judge_verdicts(judge, ds.images[indices[s.name]], s.x, y, device=device)
+            protocol = "plain"
+            oof = _out_of_fold(judge, s)
+            if oof is not None:  # a fitted judge on a set it was fitted on: its nested-CV verdicts, never in-sample
+                v = {**v, "judge_score": oof[0], "class_changed": oof[0] > 0, "judge_label": oof[1]}
+                protocol = "cross-validated"
+            protocols.add(protocol)
             arrays[f"{key}__{name}__changed"] = v["class_changed"]
             arrays[f"{key}__{name}__score"] = v["judge_score"]
             arrays[f"{key}__{name}__label"] = v["judge_label"]
             per_set[s.name] = {**agreement(y, s.human_label, v["class_changed"], v["judge_score"], v["judge_label"],
-                                           seed), "roc": roc_points(y, s.human_label, v["judge_score"])}
+                                           seed), "roc": roc_points(y, s.human_label, v["judge_score"]),
+                               "protocol": protocol}
             for k, a in (("y", y), ("h", s.human_label), ("changed", v["class_changed"]),
                          ("score", v["judge_score"]), ("label", v["judge_label"])):
                 pooled[k].append(a)
@@ -106,11 +114,28 @@ def validate_run(ctx: RunFolder, sets: list[HumanSet], judges: list[str] | None 
                      for c in range(ds.num_classes) if (p["y"] == c).any()}
         doc["judges"][name] = {"describe": judge.describe(), "sets": per_set,
                                "all": {**agreement(p["y"], p["h"], p["changed"], p["score"], p["label"], seed),
-                                       "roc": roc_points(p["y"], p["h"], p["score"])},
+                                       "roc": roc_points(p["y"], p["h"], p["score"]),
+                                       "protocol": protocols.pop() if len(protocols) == 1 else
+                                       "cross-validated on the sets it was fitted on, plain on the others"},
                                "per_class": per_class}
         a = doc["judges"][name]["all"]
         log.info("judge %s: balanced accuracy %s, AUC %s on %d images", name, a["balanced_accuracy"], a["auc"], a["n"])
     return doc, arrays
+
+
+def _out_of_fold(judge: Any, s: HumanSet) -> tuple[np.ndarray, np.ndarray] | None:
+    """A fitted judge's nested-CV scores and labels on set ``s`` when it was fitted on ``s``, else ``None``."""
+    fitted_on = (getattr(judge, "doc", None) or {}).get("fitted_on") if getattr(judge, "kind", "") == "fitted" else None
+    if not fitted_on:
+        return None
+    from calib.human.fit import set_fingerprint
+
+    fp = set_fingerprint(s)
+    for entry in fitted_on.values():
+        if entry.get("fingerprint") == fp:
+            logit = np.array([np.nan if v is None else v for v in entry["out_of_fold_logit"]], np.float64)
+            return np.nan_to_num(logit), np.asarray(entry["out_of_fold_label"], np.int64)
+    return None
 
 
 def _key(name: str) -> str:

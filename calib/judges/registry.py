@@ -10,11 +10,13 @@ name           model                         rule
 ``knn2``        ``embedding2``               the same over g2 (other seed, other training subset)
 ``robust``      ``robust-embedding``         the same over a robust triplet g (adversarial anchors)
 ``lipschitz``   ``lipschitz-embedding``      the same over a certified-Lipschitz g (a certificate)
+``abs``         ``abs``                      the class whose VAE explains the image best (ELBO)
 ``ensemble``    its members'                 ``any`` / ``majority`` of the member judges
 =============  ===========================  ==========================================================
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,18 +32,30 @@ from calib.judges.knn import KnnJudge
 
 #: single judges and the model stem each reads
 MODEL_OF = {"classifier": "classifier", "knn": "embedding", "knn2": "embedding2", "robust": "robust-embedding",
-            "lipschitz": "lipschitz-embedding"}
+            "lipschitz": "lipschitz-embedding", "abs": "abs"}
 JUDGES = (*MODEL_OF, "ensemble")
 KIND_OF = {"classifier": "classifier", "knn": "knn", "knn2": "knn", "robust": "robust", "lipschitz": "lipschitz",
-           "ensemble": "ensemble"}
+           "abs": "abs", "ensemble": "ensemble"}
 
 ModelLoader = Callable[[str], tuple[nn.Module, dict[str, Any]]]
 
 
-def check_judge_name(name: str, where: str = "judge") -> str:
-    if name not in JUDGES:
-        raise ConfigError(f"unknown {where} {name!r}; choose one of {', '.join(JUDGES)}")
-    return name
+#: the name of a judge fitted to people's labels (``calib judge fit --name``; ``RUN/models/judges/<name>.json``)
+FITTED_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+
+def is_fitted(name: str) -> bool:
+    """Whether ``name`` names a fitted judge (anything but a built-in judge); whether the run has it is
+    checked where the run is known (:func:`calib.runfolder.judges.run_judge`, ``calib run``)."""
+    return name not in JUDGES
+
+
+def check_judge_name(name: str, where: str = "judge", fitted: bool = True) -> str:
+    """``name`` if it is a built-in judge or (with ``fitted``) could name a fitted one."""
+    if name in JUDGES or (fitted and isinstance(name, str) and FITTED_NAME.fullmatch(name)):
+        return name
+    more = " or the name of a judge fitted with `calib judge fit`" if fitted else ""
+    raise ConfigError(f"unknown {where} {name!r}; choose one of {', '.join(JUDGES)}{more}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,7 @@ class JudgeConfig:
         if self.rule not in RULES:
             raise ConfigError(f"unknown ensemble rule {self.rule!r}; choose {', '.join(RULES)}")
         for m in self.members:
-            if m not in MODEL_OF:
+            if m not in MODEL_OF:  # (an ensemble of built-in single judges)
                 raise ConfigError(f"ensemble member {m!r} must be one of {', '.join(MODEL_OF)}")
         if len(set(self.members)) < 2 or len(set(self.members)) != len(self.members):
             raise ConfigError(f"an ensemble needs at least 2 distinct members; got {list(self.members)}")
@@ -82,7 +96,10 @@ class JudgeConfig:
         return tuple(dict.fromkeys((self.name, *self.also)))
 
     def singles(self, name: str) -> tuple[str, ...]:
-        """The single judges ``name`` consists of."""
+        """The built-in single judges ``name`` consists of (a fitted judge's members are in its file, and
+        the run that fitted it has their models: none listed here)."""
+        if is_fitted(name):
+            return ()
         return tuple(self.members) if name == "ensemble" else (name,)
 
     def identity(self, name: str | None = None) -> "JudgeConfig":
@@ -125,6 +142,10 @@ def build_judge(name: str, config: JudgeConfig, load: ModelLoader, reference_ima
     sha = cfg.get("weights_sha256")
     if name == "classifier":
         return ClassifierJudge(model, num_classes, weights_sha256=sha)
+    if name == "abs":
+        from calib.judges.generative import AbsJudge
+
+        return AbsJudge(model, num_classes, weights_sha256=sha)
     lipschitz = None
     if name == "lipschitz":
         from calib.models.lipschitz import lipschitz_constant

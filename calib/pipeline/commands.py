@@ -153,6 +153,24 @@ def validate(folder: RunFolder, paths: list[Path], judges: list[str] | None = No
     return doc
 
 
+def fit_judge(folder: RunFolder, paths: list[Path], name: str = "fitted", judges: list[str] | None = None,
+              max_features: int = 3) -> dict[str, Any]:
+    """``calib judge fit``: a judge fitted to people's labels on the sets at ``paths``
+    (:func:`calib.human.fit.fit_judge`), saved atomically to ``models/judges/<name>.json``; returns its
+    document."""
+    from calib.human import load_human_sets
+    from calib.human.fit import fit_judge as fit
+
+    from calib.io import to_jsonable, write_json
+
+    doc = fit(folder, load_human_sets(paths), name=name, judges=judges, max_features=max_features)
+    path = folder.file(A.fitted_judge(name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, to_jsonable(doc))
+    folder.forget_models()
+    return doc
+
+
 def attack_spec(attack: str = "pgd", norm: str = "linf", eps: float | None = None, *, steps: int | None = None,
                 restarts: int = 1, step_size: float | None = None, method: str | None = None,
                 newton_iters: int | None = None, cap: float | None = None, seed: int = 0) -> Any:

@@ -40,6 +40,21 @@ from calib.runfolder import RunFolder, RunLock, artefacts as A
 log = logging.getLogger(__name__)
 
 
+def check_fitted_judges(config: RunConfig) -> None:
+    """A fitted judge is an input of the run: refuse a name the run folder has no file for, before
+    anything is loaded or written."""
+    from calib.errors import ConfigError
+    from calib.judges.registry import is_fitted
+
+    for name in config.judge.measured:
+        if is_fitted(name) and not (config.run_dir() / A.fitted_judge(name)).is_file():
+            from calib.judges import JUDGES
+
+            raise ConfigError(f"unknown judge {name!r}: not built in ({', '.join(JUDGES)}) and {config.run_dir()} "
+                              f"has no judge fitted under that name ({A.fitted_judge(name)}; `calib judge fit "
+                              f"{config.run_dir()} --human SET --name {name}` makes one)")
+
+
 def build_stages(config: RunConfig, n_train: int, human_files: list[str] = ()) -> list[Stage]:
     """The stage graph of a run, in execution order (each stage after everything it reads).
     ``n_train``: the size of the training part (default epochs); ``human_files``: the human-labelled
@@ -101,6 +116,7 @@ def _lead(config: RunConfig, on_stage: Callable[[str, str, StageRecord | None], 
     from calib.device import resolve_device
 
     out = config.run_dir()
+    check_fitted_judges(config)
     with RunLock(out, "calib run"):  # another writer: fail at once, before loading anything
         pass
     ds = load_dataset(config.dataset, config.data_dir, download=config.download)

@@ -10,6 +10,7 @@ this module (or :class:`calib.runfolder.RunFolder`, which joins them to the fold
 ``eps_table.json/.csv``    the epsilon table (:data:`EPS_TABLE`, :data:`EPS_TABLE_CSV`)
 ``per_sample_eps.npz``     per-sample budgets of the calibration points (:data:`PER_SAMPLE`)
 ``models/<stem>.*``        safetensors weights + JSON config (:func:`model`)
+``models/judges/<n>.json`` judges fitted to people's labels (:func:`fitted_judge`)
 ``semantic/<judge>.*``     a judge's radii at the calibration points (:func:`semantic`) and its
                            relabel curves (:func:`relabel`)
 ``attacks/<name>.*``       adversarial examples (:func:`attack`)
@@ -58,6 +59,11 @@ LOCK = ".calib.lock"
 def model(stem: str) -> tuple[str, str]:
     """Weights and config of model ``stem`` (``classifier``, ``embedding``, ...)."""
     return f"{MODELS}/{stem}.safetensors", f"{MODELS}/{stem}.json"
+
+
+def fitted_judge(name: str) -> str:
+    """A judge fitted to people's labels (``calib judge fit``): ``models/judges/<name>.json``."""
+    return f"{MODELS}/judges/{name}.json"
 
 
 def semantic(judge: str) -> tuple[str, str]:

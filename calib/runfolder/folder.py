@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from calib.data import PARTS, Dataset, Splits, SplitSpec, load_dataset
-from calib.errors import ConfigError, DataError
+from calib.errors import ArtefactError, ConfigError, DataError
 from calib.io import read_json, sha256_file, write_json
 from calib.runfolder import artefacts as A
 from calib.runfolder.checks import check_model_data
@@ -245,13 +245,38 @@ class RunFolder:
 
     def available_judges(self) -> list[str]:
         """The judges whose models this run has (the classifier first; the ensemble when all its
-        members are there)."""
+        members are there; then the judges fitted to people's labels)."""
         from calib.judges import MODEL_OF
 
         have = [name for name, stem in MODEL_OF.items() if self.has_model(stem)]
         if all(m in have for m in self.judge_config().members):
             have.append("ensemble")
-        return have
+        return have + self.fitted_judges()
+
+    def fitted_judges(self) -> list[str]:
+        """Names of the judges fitted to people's labels in this run (``models/judges/*.json``), sorted."""
+        d = self.file(A.fitted_judge("x")).parent
+        return sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+
+    def fitted_doc(self, name: str) -> dict[str, Any]:
+        """The document of fitted judge ``name``, with its file's sha256 as ``file_sha256``.
+
+        Raises:
+            ConfigError: the run has no fitted judge of that name.
+        """
+        path = self.file(A.fitted_judge(name))
+        if not path.is_file():
+            have = self.fitted_judges()
+            from calib.judges import JUDGES
+
+            raise ConfigError(f"unknown judge {name!r}: not built in ({', '.join(JUDGES)}) and {self.path} has no "
+                              f"judge fitted under that name ({A.fitted_judge(name)}; `calib judge fit "
+                              f"{self.path} --human SET --name {name}` makes one)"
+                              + (f"; fitted here: {', '.join(have)}" if have else ""))
+        doc = read_json(path, ArtefactError, "fitted judge")
+        if not isinstance(doc, dict):
+            raise ArtefactError(f"{path}: malformed fitted judge")
+        return {**doc, "file_sha256": sha256_file(path)}
 
     def forget_models(self) -> None:
         """Drop loaded models and judges (a stage just rewrote weights)."""

@@ -9,6 +9,7 @@ import numpy as np
 from calib.budgets.semantic import Radii, merge_invariance, save_radii
 from calib.io import to_jsonable, write_json
 from calib.judges import MODEL_OF, Judge, JudgeConfig
+from calib.judges.registry import is_fitted
 from calib.pipeline import sharded
 from calib.pipeline.config import RunConfig, SemanticConfig
 from calib.pipeline.stage import Stage, StageContext
@@ -99,7 +100,10 @@ def compute(ctx: StageContext, o: SemanticOptions) -> dict[str, Any]:
 
 
 def judge_reads(judge: JudgeConfig) -> tuple[str, ...]:
-    """The model weights judge ``judge.name`` reads."""
+    """The model weights judge ``judge.name`` reads; for a judge fitted to people's labels, its file
+    (which pins its members' weights hashes, checked when it is built)."""
+    if is_fitted(judge.name):
+        return (A.fitted_judge(judge.name),)
     return tuple(A.model(MODEL_OF[s])[0] for s in judge.singles(judge.name))
 
 
