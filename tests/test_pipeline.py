@@ -271,8 +271,8 @@ def test_run_with_other_judges(tiny_run, tmp_path):
     assert json.loads((out / "eps_table.json").read_text())["policy"]["semantic"]["judge"] == "knn"
     with pytest.raises(ConfigError, match="no certificate"):
         tiny(out, semantic_bound="certified")
-    with pytest.raises(ConfigError, match="unknown judge"):
-        tiny(out, judge=JudgeConfig(name="people"))
+    with pytest.raises(ConfigError, match="unknown judge 'people': not built in"):
+        run(tiny(out, judge=JudgeConfig(name="people")))  # no models/judges/people.json: refused before any work
 
 def test_code_hash_follows_imports_but_not_type_checking(tmp_path, monkeypatch):
     from calib.pipeline import cache as pc
