@@ -113,7 +113,8 @@ def select(z: np.ndarray, t: np.ndarray, groups: np.ndarray, max_features: int, 
                 tried += 1
                 if best is None or loss < best["loss"] - 1e-12:
                     best = {"cols": cols, "C": c, "loss": loss}
-    assert best is not None
+    if best is None:  # no feature columns to choose from
+        raise DataError("fitting a judge needs at least one candidate judge's margins; got none")
     return {**best, "candidates": tried}
 
 

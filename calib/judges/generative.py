@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
-from calib.judges.base import Judge, top_other
+from calib.judges.base import Judge
+from calib.judges.classifier import ClassifierJudge
 
 
-class AbsJudge(Judge):
-    """Label ``argmax ELBO``; margin ``ELBO_y - max_{c != y} ELBO_c`` (nats).
+class AbsJudge(ClassifierJudge):
+    """Label ``argmax ELBO``; margin ``ELBO_y - max_{c != y} ELBO_c`` (nats): the classifier judge's
+    rule over the class models' ELBOs instead of f's logits.
 
     Args:
         model: the class VAEs, (N, C, H, W) in [0,1] -> (N, K) ELBOs.
@@ -32,19 +33,11 @@ class AbsJudge(Judge):
 
     def __init__(self, model: nn.Module, num_classes: int, *, name: str = "abs",
                  weights_sha256: str | None = None) -> None:
-        self.model, self.num_classes, self.name, self.weights_sha256 = model, num_classes, name, weights_sha256
-        self.modules = (model,)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def margin(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        z = self.model(x)
-        return z.gather(1, y[:, None]).squeeze(1) - top_other(z, y)
+        super().__init__(model, num_classes, name=name, weights_sha256=weights_sha256)
 
     def describe(self) -> dict[str, Any]:
         m = self.model
-        return {**super().describe(), "rule": "class whose VAE gives the highest ELBO (analysis by synthesis)",
+        return {**Judge.describe(self), "rule": "class whose VAE gives the highest ELBO (analysis by synthesis)",
                 "margin": "ELBO_y - max_other ELBO_c in nats (reconstruction at the posterior mean)",
                 "latent": getattr(m, "latent", None), "arch": getattr(m, "arch", None),
                 "weights_sha256": self.weights_sha256}
