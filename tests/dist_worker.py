@@ -1,6 +1,7 @@
 """Run by tests/test_distributed.py under torchrun (2 ranks, gloo): not a test module itself."""
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -15,6 +16,47 @@ def _fail(header, arrays):
     if D.world().rank == 1:
         raise ValueError("rank one refuses")
     return {}, {}
+
+
+def _stages(path: str) -> None:
+    """The headline's attacks and their audits, sharded over 2 ranks, against the same functions in a
+    world of one process (every rank idle but the leader): equal arrays and summaries."""
+    from calib.attacks.runner import AttackSpec
+    from calib.audit import AuditConfig, SsimThresholds
+    from calib.pipeline import sharded
+    from calib.runfolder import open_run
+
+    run = open_run(path)
+    test = run.split("test")
+    x, y = test.images[:300], test.labels[:300]  # two chunks (256 + the rest)
+    assert len(y) > D.CHUNK
+    table = run.table()
+    judge = run.judge("knn")
+    two = D.world()
+    for spec in (AttackSpec(attack="pgd", norm="linf", eps=None, steps=3, seed=1),
+                 AttackSpec(attack="embedding-pgd", norm="l2", eps=None, cap=2.0, steps=3, step_size=0.1, seed=1)):
+        eps = table.eps_for(y, *spec.table_column, as_tensor=False).reshape(-1)
+        results = []
+        for world in (D.World(), two):  # one process, then two
+            D._WORLD = world
+            res = sharded.attack(run, spec, x, y, eps, False)
+            ball = "embedding" if spec.attack == "embedding-pgd" else "input"
+            aud = sharded.audit(run, judge, run.judge_config(), x, res["arrays"]["x_adv"], y, res["arrays"]["pred"],
+                                res["arrays"]["eps"], None, norm=spec.norm, config=AuditConfig(), ball_space=ball,
+                                thresholds=SsimThresholds.uncalibrated(0.9, len(run.class_names)))
+            results.append((res, aud))
+        (r1, a1), (r2, a2) = results
+        assert r1["arrays"].keys() == r2["arrays"].keys() and a1.arrays.keys() == a2.arrays.keys()
+        for k in r1["arrays"]:
+            assert np.array_equal(r1["arrays"][k], r2["arrays"][k]), (spec.attack, k)
+        for k in a1.arrays:
+            assert np.array_equal(a1.arrays[k], a2.arrays[k], equal_nan=True), (spec.attack, "audit", k)
+        s1, s2 = (dict(r["summary"], seconds=0) for r in (r1, r2))
+        assert s1 == s2, (s1, s2)
+        assert json.dumps(a1.summary(run.class_names), default=str) == json.dumps(a2.summary(run.class_names),
+                                                                                   default=str)  # (NaN != NaN)
+        print("IDENTICAL", spec.attack, len(y), float(r1["summary"]["success_rate"]),
+              float(a1.arrays["valid"].mean()))
 
 
 def main() -> None:
@@ -34,6 +76,8 @@ def main() -> None:
             except CalibError as exc:
                 print("CAUGHT", exc)
             return
+        if mode == "stages":
+            return _stages(sys.argv[2])
         from calib.budgets.invariance import invariance_radii, nearest_targets
         from calib.budgets.semantic import robustness_radii
         from calib.runfolder import open_run

@@ -1,5 +1,5 @@
-"""torchrun with 2 gloo ranks: sharded radii equal one process's; a failing rank ends the task in one line;
-messages carry no pickles."""
+"""torchrun with 2 gloo ranks: sharded radii, attacks and audits equal one process's; a failing rank
+ends the task in one line; messages carry no pickles."""
 from __future__ import annotations
 
 import os
@@ -32,6 +32,12 @@ def test_sharded_radii_equal_one_process(tiny_run):
     res = _torchrun("radii", str(tiny_run[0]))
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("IDENTICAL") == 3 and "IDENTICAL aligned" in res.stdout, res.stdout
+
+
+def test_sharded_attacks_and_audits_equal_one_process(tiny_run):
+    res = _torchrun("stages", str(tiny_run[0]))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "IDENTICAL pgd " in res.stdout and "IDENTICAL embedding-pgd " in res.stdout, res.stdout
 
 
 def test_a_failing_rank_ends_the_task_with_one_line_naming_it():

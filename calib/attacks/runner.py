@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from calib.attacks.embedding_pgd import embedding_pgd
+from calib.data.dataset import standard_layout
 from calib.perturb.invariants import perturbation_norms
 from calib.perturb.objectives import ClassifierLoss, EmbeddingShift
 from calib.perturb.pgd import fgsm, pgd
@@ -75,29 +76,50 @@ class AttackSpec:
 
 
 def run_attack(spec: AttackSpec, classifier: nn.Module, embedding: nn.Module | None, images: np.ndarray,
-               labels: np.ndarray, *, table=None, batch_size: int = 500, device: str | torch.device = "cpu",
-               show_progress: bool = True) -> dict[str, Any]:
+               labels: np.ndarray, *, table=None, eps: np.ndarray | None = None, batch_size: int = 500,
+               device: str | torch.device = "cpu", show_progress: bool = True) -> dict[str, Any]:
     """Attack ``images``/``labels`` batch by batch; returns arrays (``x_adv``, ``success``, ``eps``,
-    distances, predictions) and a JSON-ready ``summary`` with per-class rates."""
-    if spec.eps is None and table is None:
+    distances, predictions) and a JSON-ready ``summary`` with per-class rates.
+
+    The budget: ``spec.eps`` (global), else ``eps`` (N,) per example, else the ``table``'s per-class
+    column ``spec.table_column``. Every batch is seeded with ``spec.seed``, so a batch's result depends
+    on its rows only (the sharded attack, :mod:`calib.pipeline.sharded`, relies on it)."""
+    t0 = time.perf_counter()
+    arrays, proj = attack_batches(spec, classifier, embedding, images, labels, table=table, eps=eps,
+                                  batch_size=batch_size, device=device, show_progress=show_progress)
+    k = int(labels.max()) + 1 if table is None else len(table.class_names)
+    return summarise_attack(spec, images, labels, arrays, proj, time.perf_counter() - t0, k,
+                            "global" if spec.eps is not None else "eps table")
+
+
+def attack_batches(spec: AttackSpec, classifier: nn.Module, embedding: nn.Module | None, images: np.ndarray,
+                   labels: np.ndarray, *, table=None, eps: np.ndarray | None = None, batch_size: int = 500,
+                   device: str | torch.device = "cpu", show_progress: bool = True
+                   ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The attack's per-example arrays (``x_adv`` (N, C, H, W), ``success``, ``loss``, ``eps``, ``pred``
+    (N,)) and its embedding projection's counts summed over batches (empty for other attacks)."""
+    if spec.eps is None and table is None and eps is None:
         raise ConfigError("give a global --eps or an eps table")
     if spec.attack == "invariance":
         raise ConfigError("the invariance attack moves toward reference images: run it through a run folder "
                           "(calib run; calib.pipeline.stages.attacks)")
     if spec.attack in ("embedding-pgd", "shift") and embedding is None:
         raise ConfigError(f"attack {spec.attack!r} needs the embedding model")
+    if eps is not None and len(eps) != len(labels):
+        raise ConfigError(f"got {len(eps)} budgets for {len(labels)} examples")
     n = len(labels)
     out = {k: [] for k in ("x_adv", "success", "loss", "eps", "pred")}
     proj: dict[str, float] = {}
-    t0 = time.perf_counter()
     with progress(show_progress) as bar:
         # sample-steps, so a batch that takes minutes still moves the bar (and the plain log's ETA)
         per_sample = 1 if spec.attack == "fgsm" else spec.steps * spec.restarts
         task = bar.add_task(spec.attack, total=n * per_sample, status="")
         for s in range(0, n, batch_size):
-            x = torch.from_numpy(images[s:s + batch_size]).to(device)
+            # standard strides, so a batch gives the same examples however its rows were sliced
+            x = torch.from_numpy(standard_layout(images[s:s + batch_size])).to(device)
             y = torch.from_numpy(labels[s:s + batch_size]).to(device)
-            budget = spec.eps if spec.eps is not None else table
+            budget = (spec.eps if spec.eps is not None else
+                      np.asarray(eps[s:s + batch_size], np.float32) if eps is not None else table)
             step = functools.partial(bar.advance, task, len(y))
             if spec.attack == "fgsm":
                 r = fgsm(ClassifierLoss(classifier, y, spec.loss), x, budget, spec.norm, labels=y, seed=spec.seed,
@@ -122,26 +144,32 @@ def run_attack(spec: AttackSpec, classifier: nn.Module, embedding: nn.Module | N
             for key, v in (("x_adv", r.x_adv), ("success", r.success), ("loss", r.loss), ("eps", r.eps),
                            ("pred", pred)):
                 out[key].append(v.detach().cpu().numpy())
-    arrays = {k: np.concatenate(v) for k, v in out.items()}
+    return {k: np.concatenate(v) for k, v in out.items()}, proj
+
+
+def summarise_attack(spec: AttackSpec, images: np.ndarray, labels: np.ndarray, arrays: dict[str, np.ndarray],
+                     proj: dict[str, float], seconds: float, num_classes: int, budget: str) -> dict[str, Any]:
+    """The attack's result: ``arrays`` completed with the perturbation norms and labels, and a JSON-ready
+    ``summary`` (overall and per-class success rates, mean budgets and distances, projection rates)."""
+    arrays = dict(arrays)
     xa, xc = torch.from_numpy(arrays["x_adv"]), torch.from_numpy(images)
     for nm in ("linf", "l2", "l1"):
         arrays[f"dist_{nm}"] = perturbation_norms(xc, xa, nm).numpy()
+    proj = dict(proj)
     if proj:
         proj["active_rate"] = proj.get("active", 0) / max(proj.get("candidates", 1), 1)
         proj["g_forward_per_candidate"] = proj.get("g_forward", 0) / max(proj.get("candidates", 1), 1)
     arrays["labels"] = labels
-    k = int(labels.max()) + 1 if table is None else len(table.class_names)
     per_class = {}
-    for c in range(k):
+    for c in range(num_classes):
         m = labels == c
         if m.any():
             per_class[str(c)] = {"n": int(m.sum()), "success_rate": float(arrays["success"][m].mean()),
                                  "mean_eps": float(arrays["eps"][m].mean()),
                                  "mean_linf": float(arrays["dist_linf"][m].mean()),
                                  "mean_l2": float(arrays["dist_l2"][m].mean())}
-    summary = {"spec": asdict(spec), "n": n, "success_rate": float(arrays["success"].mean()),
-               "seconds": time.perf_counter() - t0, "per_class": per_class, "projection": proj or None,
-               "budget": "global" if spec.eps is not None else "eps table"}
+    summary = {"spec": asdict(spec), "n": int(len(labels)), "success_rate": float(arrays["success"].mean()),
+               "seconds": seconds, "per_class": per_class, "projection": proj or None, "budget": budget}
     return {"arrays": arrays, "summary": summary}
 
 
@@ -153,4 +181,4 @@ def save_attack(result: dict[str, Any], folder: str | os.PathLike[str], name: st
     return folder / f"{name}.json"
 
 
-__all__ = ["AttackSpec", "run_attack", "save_attack", "ATTACKS"]
+__all__ = ["AttackSpec", "run_attack", "attack_batches", "summarise_attack", "save_attack", "ATTACKS"]

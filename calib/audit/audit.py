@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from calib.audit.interpolation import ball_has_wrong, interpolation
+from calib.data.dataset import standard_layout
 from calib.audit.perceptibility import ONE_LEVEL, perceptibility
 from calib.errors import ConfigError, DataError
 from calib.io import to_jsonable, write_json, write_npz
@@ -182,8 +183,9 @@ def judge_verdicts(judge: Any, x: np.ndarray, x_adv: np.ndarray, labels: np.ndar
 
     with torch.no_grad(), eval_mode(*judge.modules):
         for s in range(0, len(labels), batch_size):
-            xa = torch.from_numpy(np.ascontiguousarray(x_adv[s:s + batch_size])).to(device)
-            xc = torch.from_numpy(np.ascontiguousarray(x[s:s + batch_size])).to(device)
+            # standard strides (calib.data.dataset.standard_layout: the last bit depends on them)
+            xa = torch.from_numpy(standard_layout(x_adv[s:s + batch_size])).to(device)
+            xc = torch.from_numpy(standard_layout(x[s:s + batch_size])).to(device)
             y = torch.from_numpy(np.asarray(labels[s:s + batch_size], np.int64)).to(device)
             put("judge_label", judge.label(xa))
             put("judge_score", judge.score(xa, y).double())

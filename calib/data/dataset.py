@@ -58,6 +58,7 @@ class Dataset:
 
     def __post_init__(self) -> None:
         validate_arrays(self.images, self.labels, self.class_names, where=self.name)
+        object.__setattr__(self, "images", standard_layout(self.images))
         object.__setattr__(self, "labels", self.labels.astype(np.int64, copy=False))
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         if self.official_test is not None and self.official_test.shape != self.labels.shape:
@@ -117,6 +118,17 @@ class Dataset:
             "official_calibration_samples": None if self.official_calibration is None
             else int(self.official_calibration.sum()),
         }
+
+
+def standard_layout(images: np.ndarray) -> np.ndarray:
+    """``images`` with C-order strides in every dimension (a copy only when needed).
+
+    NumPy calls an (N, 1, H, W) array contiguous whatever the stride of its size-1 channel (``x[:, None]``
+    gives 0, a fancy-indexed subset of it the item size), and PyTorch reads such strides as channels-last
+    and picks other convolution kernels, whose results differ in the last bit: the same rows would give
+    different attacks depending on how they were sliced (one process against a shard, for one)."""
+    want = tuple(int(np.prod(images.shape[i + 1:])) * images.itemsize for i in range(images.ndim))
+    return images if images.strides == want else np.array(images, order="C")
 
 
 def validate_arrays(images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...] | list[str],

@@ -1,7 +1,12 @@
 """The run's per-point data-parallel tasks (:mod:`calib.distributed`): a judge's invariance and
-adversarial radii sharded by point (training with DistributedDataParallel is the model stages' own
-task, :mod:`calib.pipeline.stages.models`). With one process each function is the plain computation;
-under torchrun the leader submits it and every rank runs its share."""
+adversarial radii, the headline's attacks and their audits, sharded by point (training with
+DistributedDataParallel is the model stages' own task, :mod:`calib.pipeline.stages.models`).
+
+Each computation runs in chunks of :data:`calib.distributed.CHUNK` points, one process or many: the
+radii and the attacks in batches that divide a chunk, seeded per batch, and the audit chunk by chunk
+(one process runs every chunk itself), so N processes give exactly what one computes at the same
+thread count. Under torchrun the leader submits a task and every rank runs its share; the followers
+open the run folder read-only and build the models, the judge and the audit's reference set from it."""
 from __future__ import annotations
 
 import json
@@ -140,9 +145,134 @@ def adversarial(folder: RunFolder, judge: Judge, config: JudgeConfig, x: np.ndar
                  checked, info)
 
 
+# ---- the run folder on a follower -------------------------------------------------------------------------
+#: run folders a follower opened, by (run folder, device, the classifier's and embedding's weights hashes)
+_FOLDERS: dict[tuple[str, str, str], Any] = {}
+#: audit reference sets, by the same key
+_REFERENCES: dict[tuple[str, str, str], Any] = {}
+
+
+def _models_stamp(folder: RunFolder) -> str:
+    return json.dumps({m: folder.model_config(m)["weights_sha256"] for m in ("classifier", "embedding")
+                       if folder.has_model(m)}, sort_keys=True)
+
+
+def _folder_header(folder: RunFolder) -> dict[str, Any]:
+    """What a follower needs to open ``folder`` as the leader has it (the leader's own folder and, if it
+    built one, its reference set are registered, not rebuilt)."""
+    stamp = _models_stamp(folder)
+    key = (str(folder.path), folder.device, stamp)
+    _FOLDERS[key] = folder
+    if getattr(folder, "_reference", None) is not None:
+        _REFERENCES[key] = folder._reference
+    return {"run": str(folder.path), "device": folder.device, "models_stamp": stamp}
+
+
+def _folder_of(h: dict[str, Any]) -> RunFolder:
+    from calib.runfolder import RunFolder
+
+    key = (h["run"], h["device"], h["models_stamp"])
+    if key not in _FOLDERS:
+        folder = RunFolder.open(h["run"], device=D.rank_device(h["device"]))
+        if _models_stamp(folder) != h["models_stamp"]:
+            raise AssertionError(f"rank {D.world().rank}: the run's models changed under the leader")  # a bug
+        _FOLDERS.clear()
+        _REFERENCES.clear()
+        _FOLDERS[key] = folder
+    return _FOLDERS[key]
+
+
+def _reference_of(h: dict[str, Any]) -> Any:
+    key = (h["run"], h["device"], h["models_stamp"])
+    if key not in _REFERENCES:
+        from calib.audit import build_reference
+
+        folder = _folder_of(h)
+        tr = folder.splits.train
+        _REFERENCES[key] = build_reference(folder.model("classifier"), {"g": folder.model("embedding")},
+                                           tr.images, tr.labels, D.rank_device(h["device"]))
+    return _REFERENCES[key]
+
+
+# ---- attacks ------------------------------------------------------------------------------------------------
+@D.point_task("attack")
+def _attack_chunk(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from calib.attacks.runner import AttackSpec, attack_batches
+
+    folder = _folder_of(h)
+    spec = AttackSpec(**h["spec"])
+    embedding = folder.model("embedding") if "embedding" in spec.models else None
+    arrays, proj = attack_batches(spec, folder.model("classifier"), embedding, a["x"], a["y"],
+                                  eps=a.get("eps"), batch_size=D.CHUNK, device=D.rank_device(h["device"]),
+                                  show_progress=False)
+    return arrays, {"projection": proj}
+
+
+def attack(folder: RunFolder, spec: Any, x: np.ndarray, y: np.ndarray, eps: np.ndarray | None,
+           progress: bool) -> dict[str, Any]:
+    """:func:`calib.attacks.runner.run_attack` with the run's models on (N, C, H, W) ``x``, (N,) ``y``
+    under ``spec.eps`` or the (N,) budgets ``eps``, in batches of one chunk, sharded by point under
+    torchrun (every batch is seeded with ``spec.seed``: the same examples as one process)."""
+    from calib.attacks.runner import run_attack, summarise_attack
+
+    if not D.world().parallel:
+        embedding = folder.model("embedding") if "embedding" in spec.models else None
+        return run_attack(spec, folder.model("classifier"), embedding, x, y, eps=eps, batch_size=D.CHUNK,
+                          device=folder.device, show_progress=progress)
+    t0 = time.perf_counter()
+    arrays = {"x": x, "y": y} | ({"eps": np.asarray(eps, np.float32)} if eps is not None else {})
+    out = D.map_points("attack", {**_folder_header(folder), "spec": asdict(spec)}, arrays)
+    proj: dict[str, float] = {}
+    for info in out.pop("__info__"):  # summed in chunk order, as one process sums its batches
+        for key, v in info["projection"].items():
+            proj[key] = proj.get(key, 0) + v
+    return summarise_attack(spec, x, y, out, proj, time.perf_counter() - t0, int(y.max(initial=-1)) + 1,
+                            "global" if spec.eps is not None else "eps table")
+
+
+# ---- audits -------------------------------------------------------------------------------------------------
+@D.point_task("audit")
+def _audit_chunk(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from calib.audit import AuditConfig, SsimThresholds, audit
+
+    folder = _folder_of(h)
+    t = h["thresholds"]
+    r = audit(a["x"], a["x_adv"], a["y"], a["pred_adv"], norm=h["norm"], eps=a["eps"], reference=_reference_of(h),
+              judge=_judge_of(h), config=AuditConfig(**h["config"]), ball_space=h["ball_space"],
+              embedding=folder.model("embedding") if h["ball_space"] == "embedding" else None,
+              num_classes=h["num_classes"], device=D.rank_device(h["device"]),
+              pred_clean=a["pred_clean"] if "pred_clean" in a else None,
+              thresholds=SsimThresholds(tuple(t["values"]), tuple(t["sources"])))
+    return r.arrays, r.meta
+
+
+def audit(folder: RunFolder, judge: Judge, judge_config: JudgeConfig, x: np.ndarray, x_adv: np.ndarray,
+          y: np.ndarray, pred_adv: np.ndarray, eps: np.ndarray, pred_clean: np.ndarray | None, *, norm: str,
+          config: Any, ball_space: str, thresholds: Any) -> Any:
+    """:func:`calib.audit.audit` of one attack's outputs against the run's reference set (its training
+    part), chunk by chunk, sharded by point under torchrun; the arguments as there."""
+    from calib.audit import AuditResult
+
+    header = {**_header(folder, judge, judge_config), **_folder_header(folder), "norm": norm,
+              "config": asdict(config), "ball_space": ball_space, "num_classes": len(folder.class_names),
+              "thresholds": {"values": list(thresholds.values), "sources": list(thresholds.sources)}}
+    arrays = {"x": x, "x_adv": x_adv, "y": y, "pred_adv": pred_adv, "eps": np.asarray(eps, np.float64)}
+    if pred_clean is not None:
+        arrays["pred_clean"] = pred_clean
+    out = D.map_points("audit", header, arrays)
+    metas = out.pop("__info__")
+    if any(json.dumps(m, sort_keys=True, default=str) != json.dumps(metas[0], sort_keys=True, default=str)
+           for m in metas):
+        raise AssertionError("audit chunks disagree on the audit's settings")  # a bug, not user input
+    return AuditResult(out, dict(metas[0]) if metas else {})
+
+
 #: the functions the semantic stage runs through here (hashed by source: opening a run folder on a follower
 #: must not make the stage depend on every module the folder imports)
 CODE = (_judge_of, _header, _invariance_chunk, invariance, _map_shared, _aligned_chunk, _adversarial_chunk,
         adversarial)
+#: the functions the attack and audit stages run through here
+ATTACK_CODE = (_models_stamp, _folder_header, _folder_of, _attack_chunk, attack)
+AUDIT_CODE = (_judge_of, _header, _models_stamp, _folder_header, _folder_of, _reference_of, _audit_chunk, audit)
 
-__all__ = ["invariance", "adversarial"]
+__all__ = ["invariance", "adversarial", "attack", "audit"]

@@ -16,6 +16,7 @@ from calib.data.split import stratified_subset
 from calib.human.thresholds import audit_thresholds
 from calib.io import sha256_file
 from calib.judges import JudgeConfig
+from calib.pipeline import sharded
 from calib.pipeline.config import RunConfig, attack_plan
 from calib.pipeline.stage import Stage, StageContext
 from calib.pipeline.stages.semantic import JUDGE_CODE, judge_reads
@@ -60,16 +61,15 @@ def budget_column(spec: AttackSpec):
 
 
 def compute_attack(ctx: StageContext, o: AttackOptions) -> dict[str, Any]:
-    from calib.attacks.runner import run_attack, save_attack
+    from calib.attacks.runner import save_attack
 
     sel, x, y = attacked(ctx, o.n, o.seed)
     uses_table = o.spec.eps is None
     if o.spec.attack == "invariance":
         res = invariance_attack(ctx, x, y, o.spec, o.align)
-    else:
-        res = run_attack(o.spec, ctx.model("classifier"), ctx.model("embedding") if "embedding" in o.spec.models else None,
-                         x, y, table=ctx.table() if uses_table else None, device=ctx.device,
-                         show_progress=ctx.progress)
+    else:  # (sharded by point under torchrun: calib.pipeline.sharded)
+        eps = ctx.table().eps_for(y, *o.spec.table_column, as_tensor=False).reshape(-1) if uses_table else None
+        res = sharded.attack(ctx, o.spec, x, y, eps, ctx.progress)
     res["arrays"]["indices"] = ctx.splits.test.indices[sel]
     res["arrays"]["x"] = x
     save_attack(res, ctx.file(A.ATTACKS), o.name, classifier=sha256_file(ctx.file(A.model("classifier")[0])),
@@ -124,7 +124,6 @@ class AuditOptions:
 
 
 def compute_audit(ctx: StageContext, o: AuditOptions) -> dict[str, Any]:
-    from calib.audit import audit
     from calib.models.infer import forward_batched
 
     a = o.attack
@@ -133,11 +132,11 @@ def compute_audit(ctx: StageContext, o: AuditOptions) -> dict[str, Any]:
         x_adv, pred, eps = z["x_adv"], z["pred"], z["eps"]
     if o.ball_space == "embedding":
         eps = ctx.table().eps("embedding", "l2")[y]
-    result = audit(x, x_adv, y, pred, norm=a.spec.norm, eps=eps, reference=ctx.reference(),
-                   judge=ctx.judge(o.judge.name, o.judge), config=o.audit, ball_space=o.ball_space,
-                   embedding=ctx.model("embedding"), num_classes=len(ctx.class_names), device=ctx.device,
-                   pred_clean=forward_batched(ctx.model("classifier"), x, device=ctx.device).argmax(1).numpy(),
-                   thresholds=audit_thresholds(ctx, o.audit.ssim_min))
+    ctx.reference()  # built once by the leader (followers build their own)
+    result = sharded.audit(ctx, ctx.judge(o.judge.name, o.judge), o.judge, x, x_adv, y, pred, eps,
+                           forward_batched(ctx.model("classifier"), x, device=ctx.device).argmax(1).numpy(),
+                           norm=a.spec.norm, config=o.audit, ball_space=o.ball_space,
+                           thresholds=audit_thresholds(ctx, o.audit.ssim_min))
     result.meta |= {"attack": a.name, "budget": o.budget, "spec": asdict(a.spec),
                     "predictions": {"by": "the attacked classifier", "classifier": o.classifier or "trained by calib"}}
     result.arrays["indices"] = ctx.splits.test.indices[sel]
@@ -167,13 +166,13 @@ def attack_stages(config: RunConfig) -> list[Stage]:
         stages.append(Stage(f"attack-{a.name}", compute_attack, a, A.attack(a.name),
                             reads=tuple(A.model(m)[0] for m in spec.models), derived=column,
                             code=("calib.attacks.runner", "calib.models", "calib.budgets.invariance",
-                                  "calib.budgets.alignment", attacked,
-                                  invariance_attack)))
+                                  "calib.budgets.alignment", "calib.distributed", attacked,
+                                  invariance_attack, *sharded.ATTACK_CODE)))
         o = AuditOptions(a, judge, config.audit, item["ball_space"], item["budget"], config.classifier)
         stages.append(Stage(f"audit-{a.name}", compute_audit, o, A.audit(a.name),
                             reads=(A.attack(a.name)[0], *judge_reads(judge), A.model("classifier")[0],
                                    A.model("embedding")[0]),
                             derived=audit_inputs(column, config.audit.ssim_min),
-                            code=("calib.audit", "calib.human.thresholds", StageContext.reference, attacked,
-                                  *JUDGE_CODE)))
+                            code=("calib.audit", "calib.human.thresholds", "calib.distributed",
+                                  StageContext.reference, attacked, *JUDGE_CODE, *sharded.AUDIT_CODE)))
     return stages
