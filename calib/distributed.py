@@ -220,15 +220,23 @@ def my_chunks(n: int, chunk: int = CHUNK) -> list[int]:
 
 def map_points(name: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Leader: per-point task ``name`` over the rows of ``arrays`` (each (N, ...), except those named in
-    ``header["shared"]``, which every chunk gets whole), sharded by chunk;
+    ``header["shared"]``, which every chunk gets whole), sharded by chunks of ``header["chunk"]`` points
+    (default :data:`CHUNK`);
     returns its per-point result arrays in the original order and, under ``"__info__"``, each chunk's
     info dict (a JSON string array)."""
     shared = set(header.get("shared", ()))
     n = len(next(v for k, v in arrays.items() if k not in shared))
-    return collect(submit(name, {**header, "n": n}, arrays), n, name)
+    return collect(submit(name, {**header, "n": n}, arrays), n, name, int(header.get("chunk", CHUNK)))
 
 
-def collect(results: list[tuple[dict[str, Any], dict[str, np.ndarray]]], n: int, name: str) -> dict[str, np.ndarray]:
+def even_chunk(n: int) -> int:
+    """A chunk size that gives each rank one contiguous block of ``n`` points (for a task whose chunks
+    cost a set-up each, such as a search index over the whole reference set)."""
+    return max(1, -(-n // world().size))
+
+
+def collect(results: list[tuple[dict[str, Any], dict[str, np.ndarray]]], n: int, name: str,
+            chunk: int = CHUNK) -> dict[str, np.ndarray]:
     """The chunks of a per-point task's results put back in order (see :func:`map_points`)."""
     chunks: dict[int, dict[str, np.ndarray]] = {}
     infos: dict[int, dict[str, Any]] = {}
@@ -237,7 +245,7 @@ def collect(results: list[tuple[dict[str, Any], dict[str, np.ndarray]]], n: int,
             chunks[b] = {k.split("/", 1)[1]: v for k, v in a.items() if k.startswith(f"{b}/")}
             infos[b] = h["infos"][str(b)]
     order = sorted(chunks)
-    if order != list(range(-(-n // CHUNK))):
+    if order != list(range(-(-n // chunk))):
         raise AssertionError(f"task {name}: chunks {order} do not cover {n} points")  # a bug, not user input
     keys = chunks[order[0]].keys() if order else []
     out = {k: np.concatenate([chunks[b][k] for b in order]) for k in keys}
@@ -252,10 +260,11 @@ def point_task(name: str):
         def run(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             out: dict[str, np.ndarray] = {}
             infos: dict[str, Any] = {}
-            mine = my_chunks(int(header["n"]))
+            size = int(header.get("chunk", CHUNK))
+            mine = my_chunks(int(header["n"]), size)
             shared = set(header.get("shared", ()))
             for b in mine:
-                part = {k: v if k in shared else v[b * CHUNK:(b + 1) * CHUNK] for k, v in arrays.items()}
+                part = {k: v if k in shared else v[b * size:(b + 1) * size] for k, v in arrays.items()}
                 res, info = fn(header, part)
                 out |= {f"{b}/{k}": v for k, v in res.items()}
                 infos[str(b)] = info
@@ -292,4 +301,4 @@ def _merge(infos: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 __all__ = ["World", "world", "init_from_env", "shutdown", "submit", "serve", "stop_followers", "map_points",
-           "point_task", "task", "merge_info", "collect", "pack", "unpack", "CHUNK", "rank_device"]
+           "point_task", "task", "merge_info", "collect", "pack", "unpack", "CHUNK", "rank_device", "even_chunk"]

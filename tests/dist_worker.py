@@ -57,6 +57,19 @@ def _stages(path: str) -> None:
                                                                                    default=str)  # (NaN != NaN)
         print("IDENTICAL", spec.attack, len(y), float(r1["summary"]["success_rate"]),
               float(a1.arrays["valid"].mean()))
+    from calib.pipeline.stages.stats import measure_stats
+    from calib.stats import StatsConfig
+
+    config = StatsConfig(pairs=("train-train", "calibration-train", "test-train"), matrix_modes=("sampled",))
+    D._WORLD = D.World()
+    one = measure_stats(run, config, progress=False)
+    D._WORLD = two
+    many = measure_stats(run, config, progress=False)
+    assert one.pairs.keys() == many.pairs.keys() and len(one.pairs) >= 6
+    for key, p in one.pairs.items():
+        for field in ("d_same", "d_diff", "i_same", "i_diff"):
+            assert np.array_equal(getattr(p.nn, field), getattr(many.pairs[key].nn, field)), (key, field)
+    print("IDENTICAL stats", len(one.pairs))
 
 
 def main() -> None:

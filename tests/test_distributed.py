@@ -1,4 +1,4 @@
-"""torchrun with 2 gloo ranks: sharded radii, attacks and audits equal one process's; a failing rank
+"""torchrun with 2 gloo ranks: sharded statistics, radii, attacks and audits equal one process's; a failing rank
 ends the task in one line; messages carry no pickles."""
 from __future__ import annotations
 
@@ -34,10 +34,11 @@ def test_sharded_radii_equal_one_process(tiny_run):
     assert res.stdout.count("IDENTICAL") == 3 and "IDENTICAL aligned" in res.stdout, res.stdout
 
 
-def test_sharded_attacks_and_audits_equal_one_process(tiny_run):
+def test_sharded_statistics_attacks_and_audits_equal_one_process(tiny_run):
     res = _torchrun("stages", str(tiny_run[0]))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "IDENTICAL pgd " in res.stdout and "IDENTICAL embedding-pgd " in res.stdout, res.stdout
+    assert "IDENTICAL stats 12" in res.stdout, res.stdout  # every pair and space: the same neighbours
 
 
 def test_a_failing_rank_ends_the_task_with_one_line_naming_it():
@@ -45,3 +46,44 @@ def test_a_failing_rank_ends_the_task_with_one_line_naming_it():
     assert res.returncode == 0, res.stderr[-3000:]
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("CAUGHT")]
     assert line == ["CAUGHT rank 1 of 2 failed in task fail-on-rank-1: ValueError: rank one refuses"]
+
+
+def test_faiss_gpu_placement(monkeypatch):
+    """Several GPUs in one process: the reference set sharded over them; under torchrun: the rank's own
+    GPU (a stand-in for faiss-gpu records the calls; this machine has no GPU)."""
+    from calib import distributed as D
+    from calib.stats.neighbours import gpu_index
+
+    calls = []
+
+    class Options:
+        shard = False
+
+    class FakeFaiss:
+        GpuMultipleClonerOptions = Options
+        gpus = 4
+
+        @staticmethod
+        def get_num_gpus():
+            return FakeFaiss.gpus
+
+        @staticmethod
+        def StandardGpuResources():
+            return "resources"
+
+        @staticmethod
+        def index_cpu_to_all_gpus(index, co=None):
+            calls.append(("all", co.shard if co else None))
+            return index
+
+        @staticmethod
+        def index_cpu_to_gpu(res, device, index):
+            calls.append(("one", device))
+            return index
+
+    gpu_index(FakeFaiss, "ix")
+    FakeFaiss.gpus = 1
+    gpu_index(FakeFaiss, "ix")
+    monkeypatch.setattr(D, "_WORLD", D.World(rank=1, size=2, backend="nccl", local_rank=1))
+    gpu_index(FakeFaiss, "ix")
+    assert calls == [("all", True), ("all", None), ("one", 1)]

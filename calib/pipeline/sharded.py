@@ -145,6 +145,45 @@ def adversarial(folder: RunFolder, judge: Judge, config: JudgeConfig, x: np.ndar
                  checked, info)
 
 
+# ---- statistics ---------------------------------------------------------------------------------------------
+@D.point_task("same-diff")
+def _same_diff_chunk(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from calib.stats.neighbours import same_diff as plain
+
+    nn = plain(a["query"], a["query_labels"], a["reference"], a["reference_labels"], h["norm"],
+               self_match=h["self_match"], backend=h["backend"], use_gpu=h["use_gpu"],
+               image_shape=tuple(h["image_shape"]) if h["image_shape"] else None,
+               self_index=a["self_index"] if h["self_match"] else None)
+    return asdict(nn), {}
+
+
+def same_diff(query: np.ndarray, query_labels: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray,
+              norm: str = "l2", *, self_match: bool = False, backend: str = "auto", use_gpu: bool = False,
+              image_shape: tuple[int, ...] | None = None, self_index: np.ndarray | None = None) -> Any:
+    """:func:`calib.stats.neighbours.same_diff`, sharded by query under torchrun: each rank searches one
+    contiguous block of the queries against the whole reference set. The distances are exact (float64
+    re-ranking, exact kernels), so they equal one process's; so do the neighbours, but for a query with
+    two references at exactly the same distance, where either may be named."""
+    from calib.stats.neighbours import SameDiff
+    from calib.stats.neighbours import same_diff as plain
+
+    if not D.world().parallel or len(query) == 0:
+        return plain(query, query_labels, reference, reference_labels, norm, self_match=self_match,
+                     backend=backend, use_gpu=use_gpu, image_shape=image_shape, self_index=self_index)
+    if self_match and self_index is None:
+        self_index = np.arange(len(query))
+    header = {"norm": norm, "self_match": self_match, "backend": backend, "use_gpu": use_gpu,
+              "image_shape": list(image_shape) if image_shape else None, "shared": ["reference", "reference_labels"],
+              "chunk": D.even_chunk(len(query))}
+    arrays = {"query": query, "query_labels": np.asarray(query_labels, np.int64), "reference": reference,
+              "reference_labels": np.asarray(reference_labels, np.int64)}
+    if self_match:
+        arrays["self_index"] = np.asarray(self_index, np.int64)
+    out = D.map_points("same-diff", header, arrays)
+    out.pop("__info__")
+    return SameDiff(**out)
+
+
 # ---- the run folder on a follower -------------------------------------------------------------------------
 #: run folders a follower opened, by (run folder, device, the classifier's and embedding's weights hashes)
 _FOLDERS: dict[tuple[str, str, str], Any] = {}
@@ -271,8 +310,10 @@ def audit(folder: RunFolder, judge: Judge, judge_config: JudgeConfig, x: np.ndar
 #: must not make the stage depend on every module the folder imports)
 CODE = (_judge_of, _header, _invariance_chunk, invariance, _map_shared, _aligned_chunk, _adversarial_chunk,
         adversarial)
+#: the functions the statistics stage runs through here
+STATS_CODE = (_same_diff_chunk, same_diff)
 #: the functions the attack and audit stages run through here
 ATTACK_CODE = (_models_stamp, _folder_header, _folder_of, _attack_chunk, attack)
 AUDIT_CODE = (_judge_of, _header, _models_stamp, _folder_header, _folder_of, _reference_of, _audit_chunk, audit)
 
-__all__ = ["invariance", "adversarial", "attack", "audit"]
+__all__ = ["invariance", "adversarial", "attack", "audit", "same_diff"]

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,13 +225,16 @@ def _part(splits: Splits, dataset: Dataset, name: str) -> np.ndarray:
 
 def compute_stats(dataset: Dataset, splits: Splits, config: StatsConfig = StatsConfig(), *,
                   embeddings: np.ndarray | None = None, provenance: dict[str, Any] | None = None,
-                  show_progress: bool = True) -> Stats:
+                  show_progress: bool = True, search: Callable[..., SameDiff] = same_diff) -> Stats:
     """Compute every requested statistic.
 
     Args:
         dataset: the whole dataset (images (N, C, H, W) in [0,1]); ``splits`` must be its split.
         embeddings: (N, dim) float32 embedding of every image, required when ``config.embedding``.
         provenance: extra fields for ``meta`` (e.g. embedding weights hash).
+        search: the nearest same/different-class search, :func:`calib.stats.neighbours.same_diff` or a
+            function with its signature and results (the run's, sharded by query under torchrun:
+            :func:`calib.pipeline.sharded.same_diff`).
     """
     if splits.train.source_fingerprint != dataset.fingerprint:
         raise DataError("the splits do not belong to this dataset (fingerprints differ)")
@@ -284,7 +288,7 @@ def compute_stats(dataset: Dataset, splits: Splits, config: StatsConfig = StatsC
                 qname, rname = pair.split("-")
                 bar.update(task, status=f"{space}/{norm} {pair}")
                 qi, ri = queries[pair], _part(splits, dataset, rname)
-                nn = same_diff(x[qi], dataset.labels[qi], x[ri], dataset.labels[ri], norm,
+                nn = search(x[qi], dataset.labels[qi], x[ri], dataset.labels[ri], norm,
                                self_match=qname == rname, backend=config.backend, use_gpu=config.use_gpu,
                                image_shape=shape, self_index=np.searchsorted(ri, qi) if qname == rname else None)
                 stats.pairs[(space, norm, pair)] = PairStats(dataset.labels[qi], qi, ri, nn)

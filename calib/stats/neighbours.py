@@ -39,8 +39,25 @@ def _flat_index(dim: int, metric: str, use_gpu: bool):
     metric_id = {"l2": faiss.METRIC_L2, "linf": faiss.METRIC_Linf, "l1": faiss.METRIC_L1}[metric]
     index = faiss.IndexFlat(dim, metric_id)
     if use_gpu and metric == "l2" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
+        index = gpu_index(faiss, index)
     return index
+
+
+def gpu_index(faiss, index):
+    """``index`` on the GPUs this process may use: under torchrun its rank's own GPU (the other ranks
+    search their own shards of the queries on theirs); in one process with several GPUs the reference set
+    *sharded* over all of them (``GpuMultipleClonerOptions.shard``: each holds 1/G of the rows, the
+    results merged exactly), with one GPU a copy on it."""
+    from calib.distributed import world
+
+    w = world()
+    if w.parallel:
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), w.local_rank, index)
+    if faiss.get_num_gpus() > 1:
+        co = faiss.GpuMultipleClonerOptions()
+        co.shard = True
+        return faiss.index_cpu_to_all_gpus(index, co=co)
+    return faiss.index_cpu_to_all_gpus(index)
 
 
 def _exact_rows(q: np.ndarray, r: np.ndarray, cand: np.ndarray, norm: str, chunk: int = 256) -> np.ndarray:

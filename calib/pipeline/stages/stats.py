@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from calib.pipeline import sharded
 from calib.pipeline.config import RunConfig
 from calib.pipeline.stage import Stage, StageContext
 from calib.runfolder import artefacts as A
@@ -39,7 +40,7 @@ def measure_stats(folder: RunFolder, config: StatsConfig, *, embedding: str | Pa
     if folder.has_model("classifier"):
         prov["classifier_sha256"] = folder.model_config("classifier")["weights_sha256"]
     return compute_stats(folder.dataset, folder.splits, config, embeddings=embeddings, provenance=prov,
-                         show_progress=progress)
+                         show_progress=progress, search=sharded.same_diff)  # (sharded by query under torchrun)
 
 
 @dataclass(frozen=True)
@@ -62,4 +63,5 @@ def stats_config(config: RunConfig) -> StatsConfig:
 def stats_stage(config: RunConfig) -> Stage:
     return Stage("stats", compute, StatsOptions(stats_config(config)), (A.STATS_JSON, A.STATS_NPZ),
                  reads=(A.model("classifier")[0], A.model("embedding")[0]),
-                 code=("calib.stats", "calib.models", "calib.train.embedding", "calib.runfolder.checks", measure_stats))
+                 code=("calib.stats", "calib.models", "calib.train.embedding", "calib.runfolder.checks",
+                       "calib.distributed", measure_stats, *sharded.STATS_CODE))
