@@ -18,6 +18,27 @@ def _fail(header, arrays):
     return {}, {}
 
 
+def _train(path: str) -> None:
+    """The robust, Lipschitz and abs judges' models trained with DistributedDataParallel for one epoch:
+    the training stages' own check finds every rank's replica equal (else it raises)."""
+    from calib.judges import JudgeConfig
+    from calib.pipeline import RunConfig
+    from calib.pipeline.stages.models import model_stages, train
+    from calib.runfolder import open_run
+
+    run = open_run(path)
+    config = RunConfig(out=path, dataset="digits", embedding_epochs=1,
+                       judge=JudgeConfig(name="robust", also=("lipschitz", "abs")))
+    stages = {s.name: s for s in model_stages(config, len(run.split("train")))}
+    for stem in ("robust-embedding", "lipschitz-embedding", "abs"):
+        m = train(run, stages[stem].options, False)
+        print("TRAINED", stem, m.weights_sha256[:12], json.dumps(m.metrics, sort_keys=True, default=str)[:200])
+    try:
+        train(run, stages["lipschitz-embedding"].options, False)
+    except AssertionError as exc:
+        print("CAUGHT", str(exc)[:80])
+
+
 def _stages(path: str) -> None:
     """The headline's attacks and their audits, sharded over 2 ranks, against the same functions in a
     world of one process (every rank idle but the leader): equal arrays and summaries."""
@@ -79,6 +100,20 @@ def main() -> None:
     from calib.pipeline import sharded
 
     if not w.leader:
+        if mode == "train":  # the fourth model rank 1 trains comes back altered: the leader must notice
+            from calib.pipeline.stages import models
+
+            real, calls = models.fit_model, []
+
+            def altered(*args, **kwargs):
+                m = real(*args, **kwargs)
+                calls.append(1)
+                if len(calls) == 4:
+                    with torch.no_grad():
+                        next(m.model.parameters()).add_(1e-3)
+                return m
+
+            models.fit_model = altered
         D.serve()
         D.shutdown()
         return
@@ -91,6 +126,8 @@ def main() -> None:
             return
         if mode == "stages":
             return _stages(sys.argv[2])
+        if mode == "train":
+            return _train(sys.argv[2])
         from calib.budgets.invariance import invariance_radii, nearest_targets
         from calib.budgets.semantic import robustness_radii
         from calib.runfolder import open_run

@@ -41,6 +41,16 @@ def test_sharded_statistics_attacks_and_audits_equal_one_process(tiny_run):
     assert "IDENTICAL stats 12" in res.stdout, res.stdout  # every pair and space: the same neighbours
 
 
+def test_ddp_trains_the_judges_models_with_equal_replicas(tiny_run):
+    """robust, lipschitz and abs train under DistributedDataParallel; a rank whose replica differs
+    afterwards is caught (a bug: an AssertionError, not a user error)."""
+    res = _torchrun("train", str(tiny_run[0]))
+    assert res.returncode == 0, res.stderr[-3000:]
+    trained = [ln.split()[1] for ln in res.stdout.splitlines() if ln.startswith("TRAINED")]
+    assert trained == ["robust-embedding", "lipschitz-embedding", "abs"], res.stdout
+    assert "CAUGHT lipschitz-embedding: the ranks' replicas differ after training" in res.stdout, res.stdout
+
+
 def test_a_failing_rank_ends_the_task_with_one_line_naming_it():
     res = _torchrun("fail")
     assert res.returncode == 0, res.stderr[-3000:]

@@ -143,7 +143,8 @@ def _train_task(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, 
         return {}, {}  # the leader trains in :func:`train` (it keeps the model)
     try:
         folder = RunFolder.open(h["run"], device=D.rank_device(h["device"]))
-        fit_model(folder, TrainOptions.from_json(h["options"]), progress=False)
+        m = fit_model(folder, TrainOptions.from_json(h["options"]), progress=False)
+        return {"weights_sha256": m.weights_sha256}, {}
     except Exception as exc:  # the leader waits inside DistributedDataParallel: end this rank, torchrun ends all
         import logging
         import os
@@ -151,19 +152,19 @@ def _train_task(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, 
         logging.getLogger(__name__).error("rank %d failed in training: %s: %s", D.world().rank,
                                           type(exc).__name__, exc)
         os._exit(1)
-    return {}, {}
 
 
 def train(folder: Any, options: TrainOptions, progress: bool) -> Any:
     """:func:`calib.pipeline.stages.models.fit_model` on every rank (DistributedDataParallel); the
-    leader's trained model."""
+    leader's trained model, checked to be every rank's (DistributedDataParallel keeps the replicas equal:
+    different weights on some rank are a bug, not a user error)."""
     if not D.world().parallel:
         return fit_model(folder, options, progress=progress)
     D.broadcast_bytes(D.pack({"task": "train", "run": str(folder.path), "device": folder.device,
                               "options": options.to_json()}))
     try:
         model = fit_model(folder, options, progress=progress)
-        mine = D.pack({"ok": True})
+        mine = D.pack({"ok": True, "weights_sha256": model.weights_sha256})
     except Exception as exc:
         model, mine = None, D.pack({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     results = [D.unpack(b)[0] for b in D.gather_bytes(mine)]
@@ -172,6 +173,9 @@ def train(folder: Any, options: TrainOptions, progress: bool) -> Any:
         from calib.errors import CalibError
 
         raise CalibError(f"rank {bad[0][0]} of {D.world().size} failed in training: {bad[0][1]}")
+    hashes = [h.get("weights_sha256") for h in results]
+    if len(set(hashes)) != 1:
+        raise AssertionError(f"{options.stem}: the ranks' replicas differ after training ({hashes})")
     return model
 
 
