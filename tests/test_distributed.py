@@ -34,18 +34,14 @@ def test_sharded_radii_equal_one_process(tiny_run):
     assert res.stdout.count("IDENTICAL") == 3 and "IDENTICAL aligned" in res.stdout, res.stdout
 
 
-def test_sharded_statistics_attacks_and_audits_equal_one_process(tiny_run):
+def test_sharded_stages_equal_one_process_and_ddp_replicas_agree(tiny_run):
+    """Statistics, attacks and audits sharded over 2 ranks equal one process's; robust, lipschitz and abs
+    train under DistributedDataParallel, and a rank whose replica differs afterwards is caught (a bug:
+    an AssertionError, not a user error)."""
     res = _torchrun("stages", str(tiny_run[0]))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "IDENTICAL pgd " in res.stdout and "IDENTICAL embedding-pgd " in res.stdout, res.stdout
     assert "IDENTICAL stats 12" in res.stdout, res.stdout  # every pair and space: the same neighbours
-
-
-def test_ddp_trains_the_judges_models_with_equal_replicas(tiny_run):
-    """robust, lipschitz and abs train under DistributedDataParallel; a rank whose replica differs
-    afterwards is caught (a bug: an AssertionError, not a user error)."""
-    res = _torchrun("train", str(tiny_run[0]))
-    assert res.returncode == 0, res.stderr[-3000:]
     trained = [ln.split()[1] for ln in res.stdout.splitlines() if ln.startswith("TRAINED")]
     assert trained == ["robust-embedding", "lipschitz-embedding", "abs"], res.stdout
     assert "CAUGHT lipschitz-embedding: the ranks' replicas differ after training" in res.stdout, res.stdout
