@@ -77,7 +77,8 @@ def test_abs_judge_in_a_run(tmp_path):
     from conftest import tiny
     from calib.judges import JudgeConfig
 
-    s = run(tiny(tmp_path / "a", judge=JudgeConfig(name="abs"), abs=AbsConfig(epochs=3, width=4), attack=None))
+    s = run(tiny(tmp_path / "a", judge=JudgeConfig(name="abs"), abs=AbsConfig(epochs=3, width=4), attack=None,
+                 report=False))
     assert "abs" in s["models"] and s["models"]["abs"]["metrics"]["test_accuracy"] > 0.3
     folder = open_run(tmp_path / "a")
     judge = folder.judge("abs")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,16 +45,23 @@ def test_train_commands_write_loadable_artefacts(capsys, tmp_path):
     assert cfg["spec"]["dim"] == 8 and cfg["training"]["miner"] == "hard"
 
 
-def test_run_writes_summary_with_provenance(capsys, tmp_path):
-    rc, out, err = call(capsys, "run", "--out", str(tmp_path / "r"), "--epochs", "2", "--no-progress")
-    assert rc == 0, err
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory) -> Path:
+    """One `calib run` with the default options (2 epochs) for the tests that read it (each copies it
+    before writing)."""
+    out = tmp_path_factory.mktemp("cli") / "r"
+    assert cli.main(["run", "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
+    return out
+
+
+def test_run_writes_summary_with_provenance(cli_run):
+    summary = json.loads((cli_run / "summary.json").read_text())
     assert summary["dataset"]["fingerprint"] == "c8f75e3983bc2967" + summary["dataset"]["fingerprint"][16:]
     for m in ("classifier", "embedding"):
-        _, cfg = load_model(tmp_path / "r" / "models" / m)
+        _, cfg = load_model(cli_run / "models" / m)
         assert cfg["weights_sha256"] == summary["models"][m]["weights_sha256"]
     assert summary["run"]["seed"] == 0 and summary["versions"]["calib"]
-    table = json.loads((tmp_path / "r" / "eps_table.json").read_text())
+    table = json.loads((cli_run / "eps_table.json").read_text())
     assert table["dataset"]["fingerprint"] == summary["dataset"]["fingerprint"]
     assert set(table["budgets"]) == {"input/l2", "input/linf", "input/l1", "embedding/l2"}
     assert table["provenance"]["embedding_sha256"] == summary["models"]["embedding"]["weights_sha256"]
@@ -140,10 +148,9 @@ def test_table_check_fingerprint_mismatch(capsys, tmp_path, digits_table, mnist_
     assert rc == 0
 
 
-def test_attack_command_with_table_and_global_eps(capsys, tmp_path):
+def test_attack_command_with_table_and_global_eps(capsys, tmp_path, cli_run):
     run = tmp_path / "r"
-    rc, _, err = call(capsys, "run", "--out", str(run), "--epochs", "2", "--no-progress")
-    assert rc == 0, err
+    shutil.copytree(cli_run, run)
     table = json.loads((run / "eps_table.json").read_text())
     assert table["policy"]["method"] == "final" and "semantic" in table["budgets"]["input/linf"]["components"]
     rc, out, err = call(capsys, "attack", "--run", str(run), "--attack", "pgd", "--n", "60", "--no-progress")

@@ -19,6 +19,7 @@ import torch
 
 from calib.cli import main
 from calib.runfolder import artefacts as A, open_run
+from conftest import TINY_TOML
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,8 +56,10 @@ def test_ctrl_c_exits_130_with_one_line(run, capsys, monkeypatch, argv, target):
 def test_ctrl_c_during_a_real_run_then_resume(tmp_path):
     """SIGINT to `calib run` after its first stage: exit 130, one line; the re-run reuses that stage."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "calib", "run", "--out", str(out), "--epochs", "4", "--no-attacks", "--no-report",
-           "--no-progress"]
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_TOML)
+    cmd = [sys.executable, "-m", "calib", "run", "--config", str(cfg), "--out", str(out), "--epochs", "4",
+           "--no-attacks", "--no-report", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / A.manifest("classifier")).exists() and time.time() < deadline and proc.poll() is None:
