@@ -15,11 +15,9 @@ import base64
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlparse
 
-from calib.errors import CalibError
 from calib.human.pairs import PairSession, summary
-from calib.human.server import HOST, PageHandler, bind, png_bytes
+from calib.human.server import PageHandler, bind, png_bytes, serve_until_stopped
 from calib.human.session import NOT_ANSWERED
 
 KEYS = {"s": 0, "f": 0, "d": 1, "j": 1}
@@ -107,46 +105,30 @@ def make_pair_handler(session: PairSession, on_fit: Callable[[], dict[str, Any] 
                 "answers": [None if v == NOT_ANSWERED else int(v) for v in a]}
 
     class Handler(PageHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            url = urlparse(self.path)
-            if url.path == "/":
-                self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
-            elif url.path == "/favicon.ico":
-                self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
-            elif url.path == "/api/state":
-                self._json(state())
-            elif url.path == "/api/pair":
-                try:
-                    i = int(parse_qs(url.query).get("i", ["-1"])[0])
-                except ValueError:
-                    i = -1
-                if not 0 <= i < len(session):
-                    self._json({"error": "no such pair"}, HTTPStatus.NOT_FOUND)
-                    return
+        page = PAGE
+
+        def state(self) -> dict[str, Any]:
+            return state()
+
+        def get_routes(self) -> dict[str, Callable[[dict[str, list[str]]], None]]:
+            return {"/api/pair": self._pair}
+
+        def post_routes(self) -> dict[str, Callable[[], None]]:
+            return {"/api/fit": self._fit,
+                    "/api/answer": lambda: self._answer(lambda b: session.answer(int(b["item"]), int(b["different"])))}
+
+        def _pair(self, query: dict[str, list[str]]) -> None:
+            i = self._index(query, len(session), "pair")
+            if i is not None:
                 a = int(session.answers[i])
                 self._json({"i": i, "left": base64.b64encode(png_bytes(session.left[i])).decode(),
                             "right": base64.b64encode(png_bytes(session.right[i])).decode(),
                             "answer": None if a == NOT_ANSWERED else a})
-            else:
-                self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
 
-        def do_POST(self) -> None:  # noqa: N802
-            path = urlparse(self.path).path
-            if path == "/api/fit":
-                doc = on_fit()
-                self._json(doc if doc is not None else {"error": "no answers yet"},
-                           HTTPStatus.OK if doc is not None else HTTPStatus.CONFLICT)
-                return
-            if path != "/api/answer":
-                self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
-                return
-            try:
-                body = self._body()
-                session.answer(int(body["item"]), int(body["different"]))
-            except (ValueError, KeyError, TypeError, CalibError) as exc:
-                self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
-                return
-            self._json(state())
+        def _fit(self) -> None:
+            doc = on_fit()
+            self._json(doc if doc is not None else {"error": "no answers yet"},
+                       HTTPStatus.OK if doc is not None else HTTPStatus.CONFLICT)
 
     return Handler
 
@@ -158,22 +140,13 @@ def label_perceptibility(run: Any, session: str, *, attack: str | None = None, n
     folder, serve it on 127.0.0.1 until Ctrl-C, then fit people's thresholds over every perceptibility
     session of the run into ``RUN/human/perceptibility.json``; returns the session's answers file.
     ``say`` prints the page's address (the caller's console)."""
-    import sys
-
     from calib.human.pairs import open_pair_session
     from calib.human.perceptibility import write_fit
 
     s = open_pair_session(run, session, attack=attack, n=n, controls=controls, seed=seed)
     server = bind(make_pair_handler(s, lambda: write_fit(run)), port)
     say(f"perceptibility session {s.name!r}: {summary(s)['answered']} of {len(s)} pairs answered")
-    say(f"serving http://{HOST}:{server.server_address[1]}/ (Ctrl-C to stop; every answer is saved when given)")
-    sys.stdout.flush()
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_until_stopped(server, say)
     doc = write_fit(run)
     if doc is not None:
         pooled = doc["pooled"]

@@ -110,9 +110,63 @@ get("/api/state").then(function(s){state=s;document.getElementById("session").te
 
 class PageHandler(BaseHTTPRequestHandler):
     """What every page of ``calib label`` shares: quiet logs (through :mod:`logging`), no caching, a
-    content security policy that allows nothing from elsewhere, JSON replies."""
+    content security policy that allows nothing from elsewhere, JSON replies, and the routes: ``/`` (the
+    page), ``/api/state`` (:meth:`state`), the GET routes of :meth:`get_routes` (each given the query)
+    and the POST routes of :meth:`post_routes`; anything else is 404."""
 
     server_version = "calib-label"
+    page = ""
+
+    def state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def get_routes(self) -> dict[str, Callable[[dict[str, list[str]]], None]]:
+        return {}
+
+    def post_routes(self) -> dict[str, Callable[[], None]]:
+        return {}
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        url = urlparse(self.path)
+        routes = self.get_routes()
+        if url.path == "/":
+            self._send(HTTPStatus.OK, self.page.encode(), "text/html; charset=utf-8")
+        elif url.path == "/favicon.ico":
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
+        elif url.path == "/api/state":
+            self._json(self.state())
+        elif url.path in routes:
+            routes[url.path](parse_qs(url.query))
+        else:
+            self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
+
+    def do_POST(self) -> None:  # noqa: N802
+        route = self.post_routes().get(urlparse(self.path).path)
+        if route is None:
+            self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
+        else:
+            route()
+
+    def _index(self, query: dict[str, list[str]], n: int, what: str) -> int | None:
+        """The ``i`` of the query if it names one of ``n`` items; else ``None``, having answered 404."""
+        try:
+            i = int(query.get("i", ["-1"])[0])
+        except ValueError:
+            i = -1
+        if not 0 <= i < n:
+            self._json({"error": f"no such {what}"}, HTTPStatus.NOT_FOUND)
+            return None
+        return i
+
+    def _answer(self, record: Callable[[dict[str, Any]], None]) -> None:
+        """``record`` the posted answer and reply with the new state; a malformed or refused answer gets
+        400 and its reason."""
+        try:
+            record(self._body())
+        except (ValueError, KeyError, TypeError, CalibError) as exc:
+            self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
+            return
+        self._json(self.state())
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet: through logging, not stderr
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -154,41 +208,23 @@ def make_handler(session: Session) -> type[BaseHTTPRequestHandler]:
                 "answers": [None if v == NOT_ANSWERED else int(v) for v in a]}
 
     class Handler(PageHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            url = urlparse(self.path)
-            if url.path == "/":
-                self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
-            elif url.path == "/favicon.ico":
-                self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
-            elif url.path == "/api/state":
-                self._json(state())
-            elif url.path == "/api/rates":
-                self._json(session.relabel_rates())
-            elif url.path == "/api/item":
-                try:
-                    i = int(parse_qs(url.query).get("i", ["-1"])[0])
-                except ValueError:
-                    i = -1
-                if not 0 <= i < len(session.answers):
-                    self._json({"error": "no such item"}, HTTPStatus.NOT_FOUND)
-                    return
+        page = PAGE
+
+        def state(self) -> dict[str, Any]:
+            return state()
+
+        def get_routes(self) -> dict[str, Callable[[dict[str, list[str]]], None]]:
+            return {"/api/rates": lambda q: self._json(session.relabel_rates()), "/api/item": self._item}
+
+        def post_routes(self) -> dict[str, Callable[[], None]]:
+            return {"/api/answer": lambda: self._answer(lambda b: session.answer(int(b["item"]), int(b["label"])))}
+
+        def _item(self, query: dict[str, list[str]]) -> None:
+            i = self._index(query, len(session.answers), "item")
+            if i is not None:
                 a = int(session.answers[i])
                 self._json({"i": i, "png": base64.b64encode(png_bytes(session.x[i])).decode(),
                             "answer": None if a == NOT_ANSWERED else a})
-            else:
-                self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
-
-        def do_POST(self) -> None:  # noqa: N802
-            if urlparse(self.path).path != "/api/answer":
-                self._json({"error": "not found"}, HTTPStatus.NOT_FOUND)
-                return
-            try:
-                body = self._body()
-                session.answer(int(body["item"]), int(body["label"]))
-            except (ValueError, KeyError, TypeError, CalibError) as exc:
-                self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
-                return
-            self._json(state())
 
     return Handler
 
@@ -224,14 +260,21 @@ def label(run: Any, session: str, *, attack: str | None = None, n: int = 100, co
     """``calib label``: open (or resume) a labelling session of a run folder, serve it on 127.0.0.1 until
     Ctrl-C, then record people's relabelling in the run's epsilon table; returns the session file.
     ``say`` prints the page's address (the caller's console)."""
-    import sys
-
     from calib.human.session import open_session
     from calib.human.table import annotate_table
 
     s = open_session(run, session, attack=attack, n=n, controls=controls, seed=seed)
     server = serve(s, port)
     say(f"labelling session {s.name!r}: {int((s.answers >= -1).sum())} of {len(s.answers)} answered")
+    serve_until_stopped(server, say)
+    annotate_table(run)
+    return s.path
+
+
+def serve_until_stopped(server: ThreadingHTTPServer, say: Callable[[str], None]) -> None:
+    """Print the page's address and serve until Ctrl-C; the server is closed either way."""
+    import sys
+
     say(f"serving http://{HOST}:{server.server_address[1]}/ (Ctrl-C to stop; every answer is saved when given)")
     sys.stdout.flush()
     try:
@@ -240,8 +283,7 @@ def label(run: Any, session: str, *, attack: str | None = None, n: int = 100, co
         pass
     finally:
         server.server_close()
-    annotate_table(run)
-    return s.path
 
 
-__all__ = ["serve", "bind", "make_handler", "PageHandler", "png_bytes", "label", "PAGE", "HOST"]
+__all__ = ["serve", "bind", "make_handler", "PageHandler", "png_bytes", "label", "serve_until_stopped", "PAGE",
+           "HOST"]
