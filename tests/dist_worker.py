@@ -100,7 +100,7 @@ def main() -> None:
     from calib.pipeline import sharded
 
     if not w.leader:
-        if mode == "stages":  # the fourth model rank 1 trains comes back altered: the leader must notice
+        if mode == "train":  # the fourth model rank 1 trains comes back altered: the leader must notice
             from calib.pipeline.stages import models
 
             real, calls = models.fit_model, []
@@ -124,8 +124,9 @@ def main() -> None:
             except CalibError as exc:
                 print("CAUGHT", exc)
             return
-        if mode == "stages":  # (one torchrun start for both)
-            _stages(sys.argv[2])
+        if mode == "stages":
+            return _stages(sys.argv[2])
+        if mode == "train":
             return _train(sys.argv[2])
         from calib.budgets.invariance import invariance_radii, nearest_targets
         from calib.budgets.semantic import robustness_radii
