@@ -8,7 +8,8 @@ import numpy as np
 
 from calib.errors import DataError
 from calib.runfolder import artefacts as A
-from calib.report.figures import _go, _image_axes, image_trace, esc, palette
+from calib.report.figures import _go, image_trace, esc, palette
+from calib.report.grid import ImageGrid
 
 if TYPE_CHECKING:
     from calib.runfolder import RunFolder
@@ -138,9 +139,6 @@ def linearity_section(doc: dict, arrays: dict, names: list[str], page, table) ->
 
 
 def units_section(doc: dict, arrays: dict, names: list[str], page, table) -> None:
-    from plotly.subplots import make_subplots
-
-    go = _go()
     top = doc["top"]
     page.add(f'<p class="note">Top-{top} test images along single embedding coordinates (the {len(doc["units"])} '
              'most variable) and along random unit directions. Mean label purity of the top images: units '
@@ -151,16 +149,13 @@ def units_section(doc: dict, arrays: dict, names: list[str], page, table) -> Non
     rows_imgs += [("random", j, arrays["random_images"][j], arrays["random_labels"][j], doc["random_purity"][j])
                   for j in range(len(arrays["random_images"]))]
     titles = [f"{esc(names[int(lab)])}" for _, _, _, labs, _ in rows_imgs for lab in labs]
-    fig = make_subplots(rows=len(rows_imgs), cols=top, subplot_titles=titles, horizontal_spacing=0.01,
-                        vertical_spacing=0.012,
-                        row_titles=[f"{kind} {i} ({p:.2f})" for kind, i, _, _, p in rows_imgs])
+    grid = ImageGrid(len(rows_imgs), top, titles=titles, horizontal_spacing=0.01, vertical_spacing=0.012,
+                     row_titles=[f"{kind} {i} ({p:.2f})" for kind, i, _, _, p in rows_imgs], title_size=9)
     for r, (_, _, imgs, _, _) in enumerate(rows_imgs, 1):
         for c in range(top):
-            fig.add_trace(image_trace(imgs[c], hovertemplate=None), row=r, col=c + 1)
-    _image_axes(fig)
-    fig.update_annotations(font_size=9)
-    fig.update_layout(height=80 * len(rows_imgs) + 60, width=None, margin={"t": 30, "l": 10, "r": 110, "b": 10})
-    page.figure(fig, "units")
+            grid.add(image_trace(imgs[c], hovertemplate=None), r, c + 1)
+    page.figure(grid.figure(height=80 * len(rows_imgs) + 60, margin={"t": 30, "l": 10, "r": 110, "b": 10}),
+                "units")
     page.add(table(["direction", "top-k purity", "top labels"],
                    [[f"{kind} {i}", p, " ".join(names[int(v)] for v in labs)] for kind, i, _, labs, p in rows_imgs],
                    left=1))

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from calib.budgets.geometric import CUSTOMARY
+from calib.report.grid import ImageGrid
 
 NORM_LABEL = {"input/l2": "input L2", "input/linf": "input L∞", "input/l1": "input L1", "embedding/l2": "embedding L2"}
 
@@ -376,11 +377,9 @@ def perturbation_plane(x: np.ndarray, x_adv: np.ndarray) -> tuple[np.ndarray, bo
 
 
 def gallery(x: np.ndarray, x_adv: np.ndarray, audit_arrays: dict[str, np.ndarray], class_names: Sequence[str],
-            picks: list[int]) -> Any:
+            picks: list[int]) -> dict[str, Any]:
     """Rows of (original, perturbation (signed on a diverging scale, or its magnitude in colour), adversarial),
     two examples per row, each titled with the prediction and the audit verdict."""
-    from plotly.subplots import make_subplots
-
     go = _go()
     names = [esc(c) for c in class_names]
     per_row = 2
@@ -391,68 +390,41 @@ def gallery(x: np.ndarray, x_adv: np.ndarray, audit_arrays: dict[str, np.ndarray
         titles += [f"#{int(a['indices'][i])} class {names[a['labels'][i]]}",
                    f"δ (L∞ {a['linf'][i]:.3f}, SSIM {a['ssim'][i]:.2f})",
                    f"f → {names[a['pred_adv'][i]]}: {_verdict(a, i)}"]
-    fig = make_subplots(rows=max(rows, 1), cols=3 * per_row, subplot_titles=titles, horizontal_spacing=0.015,
-                        vertical_spacing=0.35 / max(rows, 1))
+    grid = ImageGrid(max(rows, 1), 3 * per_row, titles=titles, horizontal_spacing=0.015,
+                     vertical_spacing=0.35 / max(rows, 1), title_size=10)
     dmax = max(float(np.abs(x_adv[picks] - x[picks]).max()) if picks else 0.0, 1e-6)
     for j, i in enumerate(picks):
         r, c0 = j // per_row + 1, (j % per_row) * 3 + 1
         d, signed = perturbation_plane(x[i], x_adv[i])
-        fig.add_trace(image_trace(x[i]), row=r, col=c0)
-        fig.add_trace(go.Heatmap(z=d, colorscale="RdBu" if signed else "Reds", zmin=-dmax if signed else 0,
-                                 zmax=dmax, showscale=j == 0,
-                                 colorbar={"title": {"text": "δ" if signed else "|δ| max over RGB"}, "len": 0.3,
-                                           "y": 1, "yanchor": "top"},
-                                 hovertemplate="(%{x}, %{y}) %{z:.3f}<extra></extra>"), row=r, col=c0 + 1)
-        fig.add_trace(image_trace(x_adv[i]), row=r, col=c0 + 2)
-    _image_axes(fig)
-    fig.update_annotations(font_size=10)
-    fig.update_layout(height=190 * max(rows, 1) + 60, margin={"t": 40, "l": 10, "r": 10, "b": 10})
-    return fig
+        grid.add(image_trace(x[i]), r, c0)
+        grid.add(go.Heatmap(z=d, colorscale="RdBu" if signed else "Reds", zmin=-dmax if signed else 0,
+                            zmax=dmax, showscale=j == 0,
+                            colorbar={"title": {"text": "δ" if signed else "|δ| max over RGB"}, "len": 0.3,
+                                      "y": 1, "yanchor": "top"},
+                            hovertemplate="(%{x}, %{y}) %{z:.3f}<extra></extra>"), r, c0 + 1)
+        grid.add(image_trace(x_adv[i]), r, c0 + 2)
+    return grid.figure(height=190 * max(rows, 1) + 60, margin={"t": 40, "l": 10, "r": 10, "b": 10})
 
 
-def _image_axes(fig: Any) -> None:
-    """Image subplots: no ticks or grid, row 0 at the top, square pixels."""
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
-    _square_pixels(fig)
-
-
-def _square_pixels(fig: Any) -> None:
-    """Make every image subplot keep square pixels."""
-    for name in list(fig.layout):
-        if name.startswith("yaxis"):
-            suffix = name[5:]
-            fig.layout[name].scaleanchor = "x" + suffix
-            fig.layout[name].constrain = "domain"
-            fig.layout["xaxis" + suffix].constrain = "domain"
-
-
-def probe_gallery(probe: dict[str, np.ndarray], class_names: Sequence[str]) -> Any:
+def probe_gallery(probe: dict[str, np.ndarray], class_names: Sequence[str]) -> dict[str, Any]:
     """The class-mixing probe x0 + eps sign(x1): one image per ordered class pair (row = class of
     x0, column = class of the stamped x1), titled with f's prediction and the run judge's label."""
-    from plotly.subplots import make_subplots
-
-    go = _go()
     names = [esc(c) for c in class_names]
     k = len(names)
-    grid = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(probe["class0"], probe["class1"]))}
+    grid_of = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(probe["class0"], probe["class1"]))}
     titles = []
     for a in range(k):
         for b in range(k):
-            i = grid.get((a, b))
+            i = grid_of.get((a, b))
             titles.append("" if i is None else
                           f"+{names[b]}: f {names[probe['pred'][i]]} · judge {names[probe['judge_label'][i]]}")
-    fig = make_subplots(rows=k, cols=k, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.03,
-                        row_titles=[f"x0: {n}" for n in names])
-    for (a, b), i in grid.items():
-        fig.add_trace(image_trace(probe["images"][i],
-                                  hovertemplate=f"x0 #{int(probe['index0'][i])} ({names[a]}) + ε·sign(x1 #"
-                                                f"{int(probe['index1'][i])} ({names[b]}))<extra></extra>"),
-                      row=a + 1, col=b + 1)
-    _image_axes(fig)
-    fig.update_annotations(font_size=9)
-    fig.update_layout(height=95 * k + 80, margin={"t": 50, "l": 10, "r": 40, "b": 10})
-    return fig
+    grid = ImageGrid(k, k, titles=titles, row_titles=[f"x0: {n}" for n in names], horizontal_spacing=0.01,
+                     vertical_spacing=0.03, title_size=9)
+    for (a, b), i in grid_of.items():
+        grid.add(image_trace(probe["images"][i],
+                             hovertemplate=f"x0 #{int(probe['index0'][i])} ({names[a]}) + ε·sign(x1 #"
+                                           f"{int(probe['index1'][i])} ({names[b]}))<extra></extra>"), a + 1, b + 1)
+    return grid.figure(height=95 * k + 80, margin={"t": 50, "l": 10, "r": 40, "b": 10})
 
 
 def roc_curves(validation: dict[str, Any]) -> Any:
@@ -472,12 +444,9 @@ def roc_curves(validation: dict[str, Any]) -> Any:
     return fig
 
 
-def disagreement_gallery(items: list[dict[str, Any]], class_names: Sequence[str]) -> Any:
+def disagreement_gallery(items: list[dict[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
     """Pairs (perturbed image, source image) where the judge and people disagree, titled with the
     person's label and the judge's."""
-    from plotly.subplots import make_subplots
-
-    go = _go()
     names = [esc(c) for c in class_names]
     per_row = 3
     rows = max(1, (len(items) + per_row - 1) // per_row)
@@ -486,16 +455,13 @@ def disagreement_gallery(items: list[dict[str, Any]], class_names: Sequence[str]
         h = "unclear" if it["human"] < 0 else names[it["human"]]
         titles += [f"{esc(it['set'])} #{it['index']}: person {h}",
                    f"judge {names[it['judge']]} · source {names[it['source']]}"]
-    fig = make_subplots(rows=rows, cols=2 * per_row, subplot_titles=titles or None, horizontal_spacing=0.02,
-                        vertical_spacing=0.3 / rows)
+    grid = ImageGrid(rows, 2 * per_row, titles=titles, horizontal_spacing=0.02, vertical_spacing=0.3 / rows,
+                     title_size=10)
     for j, it in enumerate(items):
         r, c0 = j // per_row + 1, (j % per_row) * 2 + 1
         for k, img in enumerate((it["x"], it["x0"])):
-            fig.add_trace(image_trace(img), row=r, col=c0 + k)
-    _image_axes(fig)
-    fig.update_annotations(font_size=10)
-    fig.update_layout(height=200 * rows + 60, margin={"t": 40, "l": 10, "r": 10, "b": 10})
-    return fig
+            grid.add(image_trace(img), r, c0 + k)
+    return grid.figure(height=200 * rows + 60, margin={"t": 40, "l": 10, "r": 10, "b": 10})
 
 
 def relabel_curves(curves: dict[str, dict[str, Any]], class_names: Sequence[str]) -> Any:
