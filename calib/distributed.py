@@ -90,11 +90,23 @@ def init_from_env(device: str = "auto") -> World:
 
 
 def shutdown() -> None:
-    """Leave the process group (before the process exits: a gloo group still open at exit aborts it)."""
+    """Leave the process group (before the process exits: a gloo group still open at exit aborts it).
+
+    Every rank first drops what may still hold the group (a DistributedDataParallel reducer kept alive by a
+    reference cycle) and meets the others at a barrier, so no rank tears its group down while a peer's last
+    message is in flight; a barrier that fails (a peer already gone) is logged, and the group destroyed.
+    """
     global _WORLD
     if _WORLD.parallel:
+        import gc
+
         import torch.distributed as dist
 
+        gc.collect()
+        try:
+            dist.barrier()
+        except Exception as exc:  # a peer that died or left: nothing to wait for
+            log.debug("rank %d: barrier before leaving the group failed: %s", _WORLD.rank, exc)
         dist.destroy_process_group()
     _WORLD = World()
 

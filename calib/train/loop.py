@@ -155,8 +155,10 @@ def fit(model: nn.Module, train: Dataset, loss_hook: LossHook, config: TrainConf
                 if augment is not None:
                     xb = augment(xb, generator)
                 yb = y_all[idx]
-                if w.parallel:  # every rank draws the whole batch's augmentation, then keeps its rows
-                    xb, yb, idx = xb[w.rank::w.size], yb[w.rank::w.size], idx[w.rank::w.size]
+                if w.parallel:  # every rank draws the whole batch's augmentation, then keeps its rows (copied
+                    # to a standard layout: a strided view made convolutions take channels-last kernels, whose
+                    # weight gradients DistributedDataParallel's buckets then had to copy, with a warning per step)
+                    xb, yb, idx = xb[w.rank::w.size].contiguous(), yb[w.rank::w.size], idx[w.rank::w.size]
                 xb, yb = xb.to(device), yb.to(device)
                 loss = loss_hook(net, xb, yb)
                 opt.zero_grad(set_to_none=True)
