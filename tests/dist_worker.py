@@ -91,6 +91,17 @@ def _stages(path: str) -> None:
         for field in ("d_same", "d_diff", "i_same", "i_diff"):
             assert np.array_equal(getattr(p.nn, field), getattr(many.pairs[key].nn, field)), (key, field)
     print("IDENTICAL stats", len(one.pairs))
+    from calib.stats import class_pair_stats
+
+    x, y = run.dataset.images, run.dataset.labels  # the exact matrices, pieces dealt over both ranks
+    for norm in ("l2", "linf", "l1"):
+        D._WORLD = D.World()
+        m1 = class_pair_stats(x, y, norm, 10, mode="exact", block=256, pieces=sharded.matrix_pieces)
+        D._WORLD = two
+        m2 = class_pair_stats(x, y, norm, 10, mode="exact", block=256, pieces=sharded.matrix_pieces)
+        for name, arr in m1.arrays().items():
+            assert np.array_equal(arr, m2.arrays()[name], equal_nan=True), (norm, name)
+    print("IDENTICAL matrices", len(x))
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ def test_sharded_stages_equal_one_process_and_ddp_replicas_agree(tiny_run):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "IDENTICAL pgd " in res.stdout and "IDENTICAL embedding-pgd " in res.stdout, res.stdout
     assert "IDENTICAL stats 12" in res.stdout, res.stdout  # every pair and space: the same neighbours
+    assert "IDENTICAL matrices" in res.stdout, res.stdout  # exact class-pair matrices, pieces on both ranks
     res = _torchrun("train", str(tiny_run[0]))  # (its own start: sharing one aborted rank 0 at exit once)
     assert res.returncode == 0, res.stderr[-3000:]
     trained = [ln.split()[1] for ln in res.stdout.splitlines() if ln.startswith("TRAINED")]

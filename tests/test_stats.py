@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from calib.data import Dataset, load_dataset, split_dataset
 from calib.errors import ConfigError, DataError
@@ -131,6 +132,32 @@ def test_class_pair_exact_and_sampled_match_plain(digits, norm):
     assert sa.mean[3, 3] != pytest.approx(ex.mean[3, 3], abs=0)  # a sample, not the exact value
     again = class_pair_stats(x, y, norm, 10, mode="sampled", n_per_class=30, seed=5)
     np.testing.assert_array_equal(again.mean, sa.mean)
+
+
+@settings(max_examples=8, deadline=None)
+@given(groups=st.integers(1, 5), seed=st.integers(0, 2**16), norm=st.sampled_from(["l2", "linf", "l1"]))
+def test_exact_matrices_split_into_any_pieces_give_the_same_bits(digits, groups, seed, norm):
+    """However the exact mode's pieces are dealt (over torchrun ranks: calib.pipeline.sharded.matrix_pieces),
+    the matrices are those of one pass, bit for bit; pieces not covered exactly once are a bug."""
+    import importlib
+
+    P = importlib.import_module("calib.stats.pairwise")
+    x, y = digits.images.reshape(len(digits), -1)[:700], digits.labels[:700]
+    whole = class_pair_stats(x, y, norm, 10, mode="exact", block=128)
+
+    def dealt(xs, ls, nm, k, n, **kw):
+        perm = np.random.default_rng(seed).permutation(n)
+        return [P.exact_pieces(xs, ls, nm, k, sorted(g), **kw) for g in np.array_split(perm, groups)]
+
+    split = class_pair_stats(x, y, norm, 10, mode="exact", block=128, pieces=dealt)
+    for name, arr in whole.arrays().items():
+        assert np.array_equal(arr, split.arrays()[name], equal_nan=True), name
+
+    def twice(xs, ls, nm, k, n, **kw):
+        return [P.exact_pieces(xs, ls, nm, k, range(n), **kw), P.exact_pieces(xs, ls, nm, k, [0], **kw)]
+
+    with pytest.raises(AssertionError, match="not once each"):
+        class_pair_stats(x, y, norm, 10, mode="exact", block=128, pieces=twice)
 
 
 def test_duplicates_are_counted_never_dropped(digits):

@@ -184,6 +184,50 @@ def same_diff(query: np.ndarray, query_labels: np.ndarray, reference: np.ndarray
     return SameDiff(**out)
 
 
+#: the leader's progress callback while its own share of a matrix task runs (followers report none)
+_ON_BLOCK: list[Any] = [None]
+
+
+@D.task("matrix-pieces")
+def _matrix_pieces_task(h: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from calib.stats.pairwise import exact_pieces
+
+    w = D.world()
+    mine = [p for p in range(int(h["n_pieces"])) if p % w.size == w.rank]
+    part = exact_pieces(a["x"], a["labels"], h["norm"], int(h["k"]), mine, block=int(h["block"]),
+                        bins=int(h["bins"]), width=float(h["width"]), on_block=_ON_BLOCK[0] if w.leader else None)
+    hist = part.pop("hist")
+    nz = np.flatnonzero(hist)  # most of the K * K * bins histogram is empty: send what is not
+    return {}, {**part, "hist_index": nz, "hist_count": hist[nz]}
+
+
+def matrix_pieces(x: np.ndarray, labels: np.ndarray, norm: str, k: int, n_pieces: int, *, block: int, bins: int,
+                  width: float, on_block: Any = None) -> list[dict[str, np.ndarray]]:
+    """The exact class-pair matrices' pieces (:func:`calib.stats.pairwise.exact_pieces`), dealt round-robin
+    over the torchrun ranks; :func:`calib.stats.pairwise.reduce_exact` adds their sums in one fixed order,
+    so the matrices are one process's, bit for bit. One process computes them all here."""
+    from calib.stats.pairwise import exact_pieces
+
+    if not D.world().parallel:
+        return [exact_pieces(x, labels, norm, k, range(n_pieces), block=block, bins=bins, width=width,
+                             on_block=on_block)]
+    _ON_BLOCK[0] = on_block
+    try:
+        results = D.submit("matrix-pieces", {"norm": norm, "k": k, "n_pieces": n_pieces, "block": block,
+                                             "bins": bins, "width": width}, {"x": x, "labels": labels})
+    finally:
+        _ON_BLOCK[0] = None
+    parts = []
+    for r, (_, a) in enumerate(results):
+        hist = np.zeros(k * k * bins, np.int64)
+        hist[a.pop("hist_index")] = a.pop("hist_count")
+        parts.append({**a, "hist": hist})
+        if r > 0 and on_block:  # the other ranks' pieces, reported when they arrive
+            for _ in range(len(a["pieces"])):
+                on_block()
+    return parts
+
+
 # ---- the run folder on a follower -------------------------------------------------------------------------
 #: run folders a follower opened, by (run folder, device, the classifier's and embedding's weights hashes)
 _FOLDERS: dict[tuple[str, str, str], Any] = {}
@@ -311,9 +355,9 @@ def audit(folder: RunFolder, judge: Judge, judge_config: JudgeConfig, x: np.ndar
 CODE = (_judge_of, _header, _invariance_chunk, invariance, _map_shared, _aligned_chunk, _adversarial_chunk,
         adversarial)
 #: the functions the statistics stage runs through here
-STATS_CODE = (_same_diff_chunk, same_diff)
+STATS_CODE = (_same_diff_chunk, same_diff, _matrix_pieces_task, matrix_pieces)
 #: the functions the attack and audit stages run through here
 ATTACK_CODE = (_models_stamp, _folder_header, _folder_of, _attack_chunk, attack)
 AUDIT_CODE = (_judge_of, _header, _models_stamp, _folder_header, _folder_of, _reference_of, _audit_chunk, audit)
 
-__all__ = ["invariance", "adversarial", "attack", "audit", "same_diff"]
+__all__ = ["invariance", "adversarial", "attack", "audit", "same_diff", "matrix_pieces"]

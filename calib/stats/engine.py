@@ -225,7 +225,8 @@ def _part(splits: Splits, dataset: Dataset, name: str) -> np.ndarray:
 
 def compute_stats(dataset: Dataset, splits: Splits, config: StatsConfig = StatsConfig(), *,
                   embeddings: np.ndarray | None = None, provenance: dict[str, Any] | None = None,
-                  show_progress: bool = True, search: Callable[..., SameDiff] = same_diff) -> Stats:
+                  show_progress: bool = True, search: Callable[..., SameDiff] = same_diff,
+                  pieces: Callable[..., list] | None = None) -> Stats:
     """Compute every requested statistic.
 
     Args:
@@ -235,6 +236,9 @@ def compute_stats(dataset: Dataset, splits: Splits, config: StatsConfig = StatsC
         search: the nearest same/different-class search, :func:`calib.stats.neighbours.same_diff` or a
             function with its signature and results (the run's, sharded by query under torchrun:
             :func:`calib.pipeline.sharded.same_diff`).
+        pieces: how the exact class-pair matrices' pieces are computed (``pieces=`` of
+            :func:`calib.stats.pairwise.class_pair_stats`; the run's deals them over torchrun ranks:
+            :func:`calib.pipeline.sharded.matrix_pieces`).
     """
     if splits.train.source_fingerprint != dataset.fingerprint:
         raise DataError("the splits do not belong to this dataset (fingerprints differ)")
@@ -299,7 +303,7 @@ def compute_stats(dataset: Dataset, splits: Splits, config: StatsConfig = StatsC
                 stats.matrices[(space, norm, mode)] = class_pair_stats(
                     x[msets[mode]], dataset.labels[msets[mode]], norm, dataset.num_classes, mode=mode,
                     n_per_class=config.n_per_class, seed=config.seed,
-                    on_block=lambda step=step: bar.advance(task, step))
+                    on_block=lambda step=step: bar.advance(task, step), pieces=pieces)
     stats.meta["seconds"] = time.perf_counter() - t0
     log.info("statistics computed in %.1f s", stats.meta["seconds"])
     return stats

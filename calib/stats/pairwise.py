@@ -12,7 +12,7 @@ Self-pairs (a point with itself) are excluded from the diagonal; other exact dup
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,10 +65,15 @@ def _max_distance_bound(x: np.ndarray, norm: str) -> float:
 def class_pair_stats(x: np.ndarray, labels: np.ndarray, norm: str, num_classes: int, *, mode: str = "sampled",
                      n_per_class: int = 100, seed: int = 0, levels: tuple[float, ...] = LEVELS,
                      block: int = 2048, bins: int = 8192,
-                     on_block: Callable[[], None] | None = None) -> ClassPairStats:
+                     on_block: Callable[[], None] | None = None, pieces: Callable[..., list] | None = None
+                     ) -> ClassPairStats:
     """Class-pair distance statistics of the set ``x`` (n, d) with ``labels`` (n,), self-pairs excluded.
 
     ``on_block`` is called after each block (progress reporting); :func:`n_blocks` says how many.
+    ``pieces``: how the exact mode's pieces are computed, ``pieces(x, labels, norm, k, n_pieces, block=,
+    bins=, width=, on_block=)`` returning :func:`exact_pieces` results that cover each piece once (the
+    run's, :func:`calib.pipeline.sharded.matrix_pieces`, splits them over torchrun ranks); default: all
+    of them here.
     """
     x = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
     labels = np.asarray(labels, np.int64)
@@ -103,20 +108,42 @@ def class_pair_stats(x: np.ndarray, labels: np.ndarray, norm: str, num_classes: 
         raise ConfigError(f"unknown matrix mode {mode!r}; choose sampled or exact")
     order = np.argsort(labels, kind="stable")
     x, labels = x[order], labels[order]
-    n = len(labels)
-    hi = _max_distance_bound(x, norm)
-    width = hi / bins
-    s1 = np.zeros((k, k))
-    s2 = np.zeros((k, k))
+    width = _max_distance_bound(x, norm) / bins
+    n_pieces = len(block_pairs(len(labels), block))
+    if pieces is None:
+        parts = [exact_pieces(x, labels, norm, k, range(n_pieces), block=block, bins=bins, width=width,
+                              on_block=on_block)]
+    else:
+        parts = pieces(x, labels, norm, k, n_pieces, block=block, bins=bins, width=width, on_block=on_block)
+    return reduce_exact(parts, n_pieces, k, levels, width, bins)
+
+
+def block_pairs(n: int, block: int = 2048) -> list[tuple[int, int]]:
+    """The exact mode's pieces: blocks ``(i0, j0)`` with ``j0 >= i0`` of the (n, n) distance matrix, in the
+    order one process adds them up (distances are symmetric: an off-diagonal block counts twice)."""
+    return [(i0, j0) for i0 in range(0, n, block) for j0 in range(i0, n, block)]
+
+
+def exact_pieces(x: np.ndarray, labels: np.ndarray, norm: str, k: int, pieces: Sequence[int], *, block: int,
+                 bins: int, width: float, on_block: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+    """The exact mode's sums over some of its pieces (:func:`block_pairs` numbers), on ``x`` (n, d) sorted by
+    ``labels``: for each piece its own (2, 2, K, K) float sums (distance and squared distance; the block
+    and its transpose), kept apart so that :func:`reduce_exact` adds them in one fixed order wherever they
+    were computed; and the order-free parts summed over the pieces: counts, min, max and the
+    (K * K * bins) histogram."""
+    pairs = block_pairs(len(labels), block)
+    pieces = list(pieces)
+    sums = np.zeros((len(pieces), 2, 2, k, k))
     count = np.zeros((k, k), np.int64)
     dmin = np.full((k, k), np.inf)
     dmax = np.full((k, k), -np.inf)
     hist = np.zeros(k * k * bins, np.int64)
-    def accumulate(d: np.ndarray, valid: np.ndarray, li: np.ndarray, lj: np.ndarray) -> None:
+
+    def accumulate(d: np.ndarray, valid: np.ndarray, li: np.ndarray, lj: np.ndarray, out: np.ndarray) -> None:
         oi, oj = np.eye(k)[li], np.eye(k)[lj]
         dv = np.where(valid, d, 0.0)
-        s1[:] += oi.T @ dv @ oj
-        s2[:] += oi.T @ (dv * dv) @ oj
+        out[0] = oi.T @ dv @ oj
+        out[1] = oi.T @ (dv * dv) @ oj
         count[:] += (oi.T @ valid.astype(np.float64) @ oj).round().astype(np.int64)
         for a in np.unique(li):
             ra = li == a
@@ -130,19 +157,46 @@ def class_pair_stats(x: np.ndarray, labels: np.ndarray, norm: str, num_classes: 
         bin_ = np.minimum((d[valid] / width).astype(np.int64), bins - 1)
         hist[:] += np.bincount(pair * bins + bin_, minlength=k * k * bins)
 
-    for i0 in range(0, n, block):  # distances are symmetric: blocks j >= i, off-diagonal ones twice
-        li = labels[i0:i0 + block]
-        for j0 in range(i0, n, block):
-            lj = labels[j0:j0 + block]
-            d = pairwise(x[i0:i0 + block], x[j0:j0 + block], norm)
-            valid = np.ones(d.shape, bool)
-            if i0 == j0:
-                np.fill_diagonal(valid, False)
-            accumulate(d, valid, li, lj)
-            if j0 != i0:
-                accumulate(d.T, valid.T, lj, li)
-            if on_block:
-                on_block()
+    for m, p in enumerate(pieces):
+        i0, j0 = pairs[p]
+        li, lj = labels[i0:i0 + block], labels[j0:j0 + block]
+        d = pairwise(x[i0:i0 + block], x[j0:j0 + block], norm)
+        valid = np.ones(d.shape, bool)
+        if i0 == j0:
+            np.fill_diagonal(valid, False)
+        accumulate(d, valid, li, lj, sums[m, :, 0])
+        if j0 != i0:
+            accumulate(d.T, valid.T, lj, li, sums[m, :, 1])
+        if on_block:
+            on_block()
+    return {"pieces": np.asarray(pieces, np.int64), "sums": sums, "count": count, "min": dmin, "max": dmax,
+            "hist": hist}
+
+
+def reduce_exact(parts: Sequence[dict[str, np.ndarray]], n_pieces: int, k: int, levels: tuple[float, ...],
+                 width: float, bins: int) -> ClassPairStats:
+    """The exact class-pair statistics from :func:`exact_pieces` results that cover every piece once: the
+    float sums added piece by piece in :func:`block_pairs` order (so any split of the pieces, over ranks
+    or not, gives the same bits), the rest combined."""
+    sums = np.zeros((n_pieces, 2, 2, k, k))
+    seen = np.zeros(n_pieces, np.int64)
+    count = np.zeros((k, k), np.int64)
+    dmin = np.full((k, k), np.inf)
+    dmax = np.full((k, k), -np.inf)
+    hist = np.zeros(k * k * bins, np.int64)
+    for part in parts:
+        sums[part["pieces"]] = part["sums"]
+        np.add.at(seen, part["pieces"], 1)
+        count += part["count"]
+        dmin, dmax = np.minimum(dmin, part["min"]), np.maximum(dmax, part["max"])
+        hist += part["hist"]
+    if not (seen == 1).all():  # a bug in whoever split the pieces, not user input
+        raise AssertionError(f"exact class-pair pieces counted {seen.tolist()} times, not once each")
+    s1, s2 = np.zeros((k, k)), np.zeros((k, k))
+    for p in range(n_pieces):
+        for half in (0, 1):  # the block, then its transpose: one process's order
+            s1 += sums[p, 0, half]
+            s2 += sums[p, 1, half]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s1 / count
         std = np.sqrt(np.maximum(s2 / count - mean * mean, 0.0))

@@ -40,7 +40,8 @@ def measure_stats(folder: RunFolder, config: StatsConfig, *, embedding: str | Pa
     if folder.has_model("classifier"):
         prov["classifier_sha256"] = folder.model_config("classifier")["weights_sha256"]
     return compute_stats(folder.dataset, folder.splits, config, embeddings=embeddings, provenance=prov,
-                         show_progress=progress, search=sharded.same_diff)  # (sharded by query under torchrun)
+                         show_progress=progress, search=sharded.same_diff,  # (sharded by query under torchrun,
+                         pieces=sharded.matrix_pieces)                      # the exact matrices by block)
 
 
 @dataclass(frozen=True)
